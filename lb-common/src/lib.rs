@@ -21,8 +21,8 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
 /// Names of the maps in the XDP object. The eBPF side spells them as literals in its
-/// `#[map(name = ...)]` attributes; the controller opens them through these constants and a
-/// test checks that the object contains every one.
+/// `#[map(name = ...)]` attributes; the controller opens them through these constants
+/// (`RR_CURSORS` and `SNAT_CURSOR` are the program's own and never opened).
 pub mod map_names {
     /// (VIP, port, protocol) -> [`crate::Service`].
     pub const SERVICES: &str = "SERVICES";
@@ -55,25 +55,6 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// Per-CPU packet count per [`crate::Event`].
     pub const EVENTS: &str = "EVENTS";
-
-    /// Every map name, for the controller's self-check against the object.
-    pub const ALL: [&str; 15] = [
-        SERVICES,
-        LOCAL_ADDRS,
-        RING_SELECT,
-        RINGS,
-        RR_CURSORS,
-        BACKENDS,
-        FLOWS,
-        NAT_RETURN,
-        NEXT_HOPS,
-        DEVICES,
-        TIMEOUTS,
-        SNAT_CURSOR,
-        SERVICE_STATS,
-        BACKEND_STATS,
-        EVENTS,
-    ];
 }
 
 /// The XDP program's name in the object.

@@ -1,6 +1,10 @@
-//! gerbang's controller: configuration, the XDP data plane and what keeps it current.
+//! gerbang's controller: configuration, the XDP data plane and the tasks that keep it
+//! current.
 //!
 //! The `gerbang` binary (`main.rs`) is a thin CLI over this library; integration tests use
-//! the library directly where they need the data plane without a process around it.
+//! the library directly where they need the data plane's counters in-process.
 
 pub mod config;
+pub mod controller;
+pub mod dataplane;
+pub mod privileges;

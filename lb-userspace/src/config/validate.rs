@@ -1,0 +1,834 @@
+//! Turns the raw file into a [`Config`] in one pass that applies every rule and collects every
+//! problem, so that an operator fixes them all in one edit rather than one per restart.
+//!
+//! Each check returns `Checked<T>`: the value, or proof that a problem was recorded. A field
+//! that failed is simply left out of the checks that need it, so one mistake is reported
+//! once, where it was made, and not again by every rule that depends on it.
+
+use std::{
+    collections::{HashMap, HashSet, hash_map::Entry},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
+    ops::{Range, RangeInclusive},
+    time::Duration,
+};
+
+use lb_common::{
+    flow::DEFAULT_FLOW_TABLE_SIZE,
+    service::{MAX_BACKENDS, MAX_SERVICES},
+};
+use toml::{Spanned, Value};
+
+use super::{
+    AttachMode, BackendConfig, Config, DataplaneConfig, FlowTimeouts, PortRange, Problem, Protocol,
+    Scheduler, ServiceConfig, duration,
+    locate::{self, Lines},
+    raw::{Leaf, RawBackend, RawConfig, RawDataplane, RawService, RawTimeouts, Table, Tables},
+};
+
+const MAX_NAME_LEN: usize = 64;
+const NAME_RULE: &str = "1 to 64 characters of A-Z a-z 0-9 _ . -";
+/// Linux's IFNAMSIZ, less the terminating NUL.
+const MAX_INTERFACE_NAME_LEN: usize = 15;
+const FLOW_TABLE_SIZES: RangeInclusive<u32> = 1024..=16_777_216;
+/// Below Linux's ephemeral ports (32768-60999), so the host's own connections from a SNAT
+/// address never take a port the NAT hands out.
+const DEFAULT_SNAT_PORTS: PortRange = PortRange {
+    min: 1024,
+    max: 32767,
+};
+const UNICAST_RULE: &str =
+    "use a unicast address (not 0.0.0.0, 127.0.0.0/8, 224.0.0.0/4 or 255.255.255.255)";
+const SNAT_HELP: &str = "set dataplane.snat_address or service.snat_address: the address \
+                         backends see as the source, an address of this host";
+const LISTEN_EXAMPLE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 10), 80);
+const BACKEND_EXAMPLE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 11), 8080);
+
+/// Whether `name` may name a service or a backend. Names end up in logs, metrics labels and
+/// field paths, hence the small character set.
+pub(super) fn is_valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Checks `raw` (parsed from `text`) and builds the configuration, or returns every problem
+/// in file order.
+pub(super) fn validate(raw: &RawConfig, text: &str) -> Result<Config, Vec<Problem>> {
+    let mut checker = Checker {
+        lines: Lines::new(text.as_bytes()),
+        problems: Vec::new(),
+    };
+    let dataplane = checker.dataplane(raw.dataplane.as_ref());
+    let timeouts = checker.timeouts(raw.timeouts.as_ref());
+    let services = checker.services(raw.service.as_ref(), &dataplane);
+    let config = assemble(dataplane, timeouts, services);
+    let mut problems = checker.problems;
+    match config {
+        Ok(config) if problems.is_empty() => Ok(config),
+        // Either the config failed, and then it has reported why, or a check across fields
+        // found a problem after the fields themselves were fine.
+        _ => {
+            problems.sort_by_key(|problem| (problem.line, problem.column));
+            Err(problems)
+        }
+    }
+}
+
+fn assemble(
+    dataplane: DataplaneDraft,
+    timeouts: Checked<FlowTimeouts>,
+    services: Checked<Vec<ServiceConfig>>,
+) -> Checked<Config> {
+    Ok(Config {
+        dataplane: DataplaneConfig {
+            interfaces: dataplane.interfaces?,
+            attach: dataplane.attach?,
+            snat_ports: dataplane.snat_ports?,
+            flow_table_size: dataplane.flow_table_size?,
+        },
+        timeouts: timeouts?,
+        services: services?,
+    })
+}
+
+/// Proof that a problem was recorded. Only [`Checker::report`] makes one, so a check cannot
+/// fail without saying why.
+#[derive(Debug, Clone, Copy)]
+struct Reported;
+
+type Checked<T> = Result<T, Reported>;
+
+/// A SNAT address and where it was set, for problems that involve it.
+#[derive(Clone)]
+struct Snat {
+    address: Ipv4Addr,
+    field: String,
+    span: Range<usize>,
+}
+
+/// `[dataplane]`, checked field by field; services need some fields before it is assembled.
+struct DataplaneDraft {
+    interfaces: Checked<Vec<String>>,
+    attach: Checked<AttachMode>,
+    snat: Checked<Option<Snat>>,
+    snat_ports: Checked<PortRange>,
+    flow_table_size: Checked<u32>,
+}
+
+/// One `[[service]]`, checked field by field; the checks across services read it.
+struct ServiceDraft {
+    /// `service[web]`, or `service[3]` without a usable name.
+    path: String,
+    header: Range<usize>,
+    name: Checked<Spanned<String>>,
+    listen: Checked<Spanned<SocketAddrV4>>,
+    protocol: Checked<Protocol>,
+    scheduler: Checked<Scheduler>,
+    snat: Checked<Snat>,
+    backends: Checked<Vec<BackendConfig>>,
+}
+
+impl ServiceDraft {
+    fn build(self) -> Checked<ServiceConfig> {
+        Ok(ServiceConfig {
+            name: self.name?.into_inner(),
+            listen: self.listen?.into_inner(),
+            protocol: self.protocol?,
+            scheduler: self.scheduler?,
+            snat_address: self.snat?.address,
+            backends: self.backends?,
+        })
+    }
+}
+
+struct Checker<'t> {
+    lines: Lines<'t>,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn report(
+        &mut self,
+        span: Option<Range<usize>>,
+        field: &str,
+        message: impl Into<String>,
+    ) -> Reported {
+        let offset = span.map(|span| span.start);
+        self.problems
+            .push(Problem::at(&self.lines, offset, field, message));
+        Reported
+    }
+
+    fn line(&self, span: &Range<usize>) -> usize {
+        self.lines.line_col(span.start).0
+    }
+
+    /// A key the schema requires. `table` is where it is missing from, and the problem
+    /// points there; `what` says what to add.
+    fn required<'v>(
+        &mut self,
+        leaf: &'v Leaf,
+        table: Option<Range<usize>>,
+        field: &str,
+        what: &str,
+    ) -> Checked<&'v Spanned<Value>> {
+        match leaf {
+            Some(value) => Ok(value),
+            None => Err(self.report(table, field, format!("missing: {what}"))),
+        }
+    }
+
+    fn string<'v>(
+        &mut self,
+        value: &'v Spanned<Value>,
+        field: &str,
+        expected: &str,
+    ) -> Checked<&'v str> {
+        match value.get_ref() {
+            Value::String(text) => Ok(text),
+            other => {
+                let message = format!("expected {expected}, found {}", describe(other));
+                Err(self.report(Some(value.span()), field, message))
+            }
+        }
+    }
+
+    /// One of a fixed set of keywords, `T::default()` when absent.
+    fn choice<T: Copy + Default>(
+        &mut self,
+        leaf: &Leaf,
+        field: &str,
+        all: &[T],
+        name: fn(T) -> &'static str,
+    ) -> Checked<T> {
+        let Some(value) = leaf else {
+            return Ok(T::default());
+        };
+        let allowed = all
+            .iter()
+            .map(|&choice| format!("{:?}", name(choice)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text = self.string(value, field, &format!("one of {allowed}"))?;
+        match all.iter().copied().find(|&choice| name(choice) == text) {
+            Some(choice) => Ok(choice),
+            None => {
+                let default = name(T::default());
+                let message =
+                    format!("invalid value {text:?}: allowed {allowed} (default {default:?})");
+                Err(self.report(Some(value.span()), field, message))
+            }
+        }
+    }
+
+    fn dataplane(&mut self, raw: Option<&Spanned<Table<RawDataplane>>>) -> DataplaneDraft {
+        let absent = RawDataplane::default();
+        // Without the table, problems about its required keys have no line to point at.
+        let (table, span) = match raw {
+            Some(table) => (&**table.get_ref(), Some(table.span())),
+            None => (&absent, None),
+        };
+        DataplaneDraft {
+            interfaces: self.interfaces(&table.interfaces, span),
+            attach: self.choice(
+                &table.attach,
+                "dataplane.attach",
+                &AttachMode::ALL,
+                AttachMode::as_str,
+            ),
+            snat: match &table.snat_address {
+                Some(value) => self.snat(value, "dataplane.snat_address").map(Some),
+                None => Ok(None),
+            },
+            snat_ports: self.snat_ports(&table.snat_ports),
+            flow_table_size: self.flow_table_size(&table.flow_table_size),
+        }
+    }
+
+    fn interfaces(&mut self, leaf: &Leaf, table: Option<Range<usize>>) -> Checked<Vec<String>> {
+        const FIELD: &str = "dataplane.interfaces";
+        let what =
+            "list the interfaces to attach to, such as interfaces = [\"eth0\"] under [dataplane]";
+        let value = self.required(leaf, table, FIELD, what)?;
+        let span = value.span();
+        let items = match value.get_ref() {
+            Value::Array(items) if !items.is_empty() => items,
+            Value::Array(_) => {
+                let message = "empty: list at least one interface to attach to, such as [\"eth0\"]";
+                return Err(self.report(Some(span), FIELD, message));
+            }
+            other => {
+                let message = format!(
+                    "expected an array of interface names such as [\"eth0\"], found {}",
+                    describe(other)
+                );
+                return Err(self.report(Some(span), FIELD, message));
+            }
+        };
+        // toml::Value keeps no spans inside arrays: problems point at the array and name
+        // the element by index.
+        let mut seen = HashSet::new();
+        let mut interfaces = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let problem = match item {
+                Value::String(name) => match interface_problem(name) {
+                    Some(problem) => problem,
+                    None if seen.insert(name.as_str()) => {
+                        interfaces.push(Ok(name.clone()));
+                        continue;
+                    }
+                    None => format!("{name:?} is listed twice: list each interface once"),
+                },
+                other => format!(
+                    "expected an interface name (a string) such as \"eth0\", found {}",
+                    describe(other)
+                ),
+            };
+            let field = format!("{FIELD}[{index}]");
+            interfaces.push(Err(self.report(Some(span.clone()), &field, problem)));
+        }
+        interfaces.into_iter().collect()
+    }
+
+    fn snat(&mut self, value: &Spanned<Value>, field: &str) -> Checked<Snat> {
+        let text = self.string(value, field, "an IPv4 address such as \"10.0.0.1\"")?;
+        let checked = match text.parse::<Ipv4Addr>() {
+            Ok(address) => unicast(address).map(|()| address),
+            Err(_) if text.parse::<SocketAddrV4>().is_ok() => Err(format!(
+                "{text:?} has a port: a SNAT address is an address only; its source ports come \
+                 from dataplane.snat_ports"
+            )),
+            Err(_) => Err(format!(
+                "invalid address {text:?}: expected an IPv4 address of this host, such as 10.0.0.1"
+            )),
+        };
+        match checked {
+            Ok(address) => Ok(Snat {
+                address,
+                field: field.to_owned(),
+                span: value.span(),
+            }),
+            Err(message) => Err(self.report(Some(value.span()), field, message)),
+        }
+    }
+
+    fn snat_ports(&mut self, leaf: &Leaf) -> Checked<PortRange> {
+        const FIELD: &str = "dataplane.snat_ports";
+        let Some(value) = leaf else {
+            return Ok(DEFAULT_SNAT_PORTS);
+        };
+        let text = self.string(value, FIELD, "a port range such as \"1024-32767\"")?;
+        port_range(text).map_err(|message| self.report(Some(value.span()), FIELD, message))
+    }
+
+    fn flow_table_size(&mut self, leaf: &Leaf) -> Checked<u32> {
+        const FIELD: &str = "dataplane.flow_table_size";
+        let Some(value) = leaf else {
+            return Ok(DEFAULT_FLOW_TABLE_SIZE);
+        };
+        let allowed = format!(
+            "allowed {} to {} entries (default {DEFAULT_FLOW_TABLE_SIZE})",
+            FLOW_TABLE_SIZES.start(),
+            FLOW_TABLE_SIZES.end()
+        );
+        let message = match value.get_ref() {
+            Value::Integer(n) => match u32::try_from(*n) {
+                Ok(size) if FLOW_TABLE_SIZES.contains(&size) => return Ok(size),
+                _ => format!("{n} is out of range: {allowed}"),
+            },
+            other => format!(
+                "expected a number of entries, found {}: {allowed}",
+                describe(other)
+            ),
+        };
+        Err(self.report(Some(value.span()), FIELD, message))
+    }
+
+    fn timeouts(&mut self, raw: Option<&Spanned<Table<RawTimeouts>>>) -> Checked<FlowTimeouts> {
+        let absent = RawTimeouts::default();
+        let table = raw.map_or(&absent, |table| &**table.get_ref());
+        let default = FlowTimeouts::default();
+        let tcp_syn = self.duration(&table.tcp_syn, "timeouts.tcp_syn", default.tcp_syn);
+        let tcp_established = self.duration(
+            &table.tcp_established,
+            "timeouts.tcp_established",
+            default.tcp_established,
+        );
+        let tcp_closing = self.duration(
+            &table.tcp_closing,
+            "timeouts.tcp_closing",
+            default.tcp_closing,
+        );
+        let udp = self.duration(&table.udp, "timeouts.udp", default.udp);
+        Ok(FlowTimeouts {
+            tcp_syn: tcp_syn?,
+            tcp_established: tcp_established?,
+            tcp_closing: tcp_closing?,
+            udp: udp?,
+        })
+    }
+
+    fn duration(&mut self, leaf: &Leaf, field: &str, default: Duration) -> Checked<Duration> {
+        let Some(value) = leaf else {
+            return Ok(default);
+        };
+        if let Value::Integer(n) = value.get_ref() {
+            let message = format!(
+                "expected a duration with a unit, such as \"{n}s\", found the bare number {n}"
+            );
+            return Err(self.report(Some(value.span()), field, message));
+        }
+        let text = self.string(value, field, "a duration such as \"30s\"")?;
+        duration::parse(text)
+            .map_err(|error| self.report(Some(value.span()), field, error.to_string()))
+    }
+
+    fn services(
+        &mut self,
+        raw: Option<&Spanned<Tables<RawService>>>,
+        dataplane: &DataplaneDraft,
+    ) -> Checked<Vec<ServiceConfig>> {
+        let list = match raw {
+            Some(list) if !list.get_ref().is_empty() => list,
+            other => {
+                let message = "no services: add at least one [[service]] with a name, a listen \
+                               address and at least one [[service.backend]]";
+                return Err(self.report(other.map(Spanned::span), "service", message));
+            }
+        };
+        let mut total_backends = 0;
+        let mut drafts = Vec::with_capacity(list.get_ref().len());
+        for (index, raw) in list.get_ref().iter().enumerate() {
+            drafts.push(self.service(index, raw, dataplane, &mut total_backends));
+        }
+        if let Some(extra) = drafts.get(MAX_SERVICES as usize) {
+            let message = format!(
+                "too many services: {} configured, at most {MAX_SERVICES} (the size of the data \
+                 plane's service table)",
+                drafts.len()
+            );
+            self.report(Some(extra.header.clone()), &extra.path, message);
+        }
+        self.unique_service_names(&drafts);
+        self.unique_listens(&drafts);
+        // Each SNAT address is compared with every listener; past the limit the file is
+        // rejected anyway, and a hostile one must not cost quadratic time.
+        let within_limit = &drafts[..drafts.len().min(MAX_SERVICES as usize)];
+        self.snat_port_collisions(within_limit, dataplane.snat_ports);
+        drafts.into_iter().map(ServiceDraft::build).collect()
+    }
+
+    fn service(
+        &mut self,
+        index: usize,
+        raw: &Spanned<Table<RawService>>,
+        dataplane: &DataplaneDraft,
+        total_backends: &mut usize,
+    ) -> ServiceDraft {
+        let header = raw.span();
+        let raw: &RawService = raw.get_ref();
+        let path = locate::element("service", leaf_str(&raw.name), index);
+        let field = |key: &str| format!("{path}.{key}");
+
+        let name = self.name(&raw.name, &header, &field("name"));
+        let what = format!(
+            "the address and port clients connect to, such as listen = \"{LISTEN_EXAMPLE}\""
+        );
+        let listen = self
+            .required(&raw.listen, Some(header.clone()), &field("listen"), &what)
+            .and_then(|value| self.socket_addr(value, &field("listen"), LISTEN_EXAMPLE));
+        let protocol = self.choice(
+            &raw.protocol,
+            &field("protocol"),
+            &Protocol::ALL,
+            Protocol::as_str,
+        );
+        let scheduler = self.choice(
+            &raw.scheduler,
+            &field("scheduler"),
+            &Scheduler::ALL,
+            Scheduler::as_str,
+        );
+        let snat = match (&raw.snat_address, &dataplane.snat) {
+            (Some(value), _) => self.snat(value, &field("snat_address")),
+            (None, Ok(Some(snat))) => Ok(snat.clone()),
+            (None, Ok(None)) => {
+                let message = format!("no SNAT address: {SNAT_HELP}");
+                Err(self.report(Some(header.clone()), &field("snat_address"), message))
+            }
+            // An invalid dataplane.snat_address has been reported where it is.
+            (None, Err(reported)) => Err(*reported),
+        };
+        let backends = self.backends(&path, raw, &header, total_backends);
+        ServiceDraft {
+            path,
+            header,
+            name,
+            listen,
+            protocol,
+            scheduler,
+            snat,
+            backends,
+        }
+    }
+
+    fn name(&mut self, leaf: &Leaf, table: &Range<usize>, field: &str) -> Checked<Spanned<String>> {
+        let value = self.required(
+            leaf,
+            Some(table.clone()),
+            field,
+            &format!("give it a name of {NAME_RULE}"),
+        )?;
+        let text = self.string(value, field, &format!("a name of {NAME_RULE}"))?;
+        if is_valid_name(text) {
+            Ok(Spanned::new(value.span(), text.to_owned()))
+        } else {
+            let message = format!("invalid name {text:?}: use {NAME_RULE}");
+            Err(self.report(Some(value.span()), field, message))
+        }
+    }
+
+    fn socket_addr(
+        &mut self,
+        value: &Spanned<Value>,
+        field: &str,
+        example: SocketAddrV4,
+    ) -> Checked<Spanned<SocketAddrV4>> {
+        let text = self.string(
+            value,
+            field,
+            &format!("an IPv4:port address such as \"{example}\""),
+        )?;
+        match socket_addr(text, example) {
+            Ok(address) => Ok(Spanned::new(value.span(), address)),
+            Err(message) => Err(self.report(Some(value.span()), field, message)),
+        }
+    }
+
+    fn backends(
+        &mut self,
+        service: &str,
+        raw: &RawService,
+        header: &Range<usize>,
+        total: &mut usize,
+    ) -> Checked<Vec<BackendConfig>> {
+        let array = format!("{service}.backend");
+        let list = match &raw.backend {
+            Some(list) if !list.get_ref().is_empty() => list,
+            other => {
+                let message = format!(
+                    "no backends: add at least one [[service.backend]] with a name and an \
+                     address, such as address = \"{BACKEND_EXAMPLE}\""
+                );
+                let span = other.as_ref().map_or_else(|| header.clone(), Spanned::span);
+                return Err(self.report(Some(span), &array, message));
+            }
+        };
+        // Earlier backends by name and by address, with the line they are on.
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut addresses: HashMap<SocketAddrV4, (String, usize)> = HashMap::new();
+        let mut backends = Vec::with_capacity(list.get_ref().len());
+        for (index, raw) in list.get_ref().iter().enumerate() {
+            let table = raw.span();
+            let raw: &RawBackend = raw.get_ref();
+            let path = locate::element(&array, leaf_str(&raw.name), index);
+            *total += 1;
+            if *total == MAX_BACKENDS as usize + 1 {
+                let message = format!(
+                    "too many backends: more than {MAX_BACKENDS} over all services (the size of \
+                     the data plane's backend table)"
+                );
+                self.report(Some(table.clone()), &path, message);
+            }
+            let name_field = format!("{path}.name");
+            let name = self.name(&raw.name, &table, &name_field);
+            if let Ok(name) = &name {
+                match names.entry(name.get_ref().clone()) {
+                    Entry::Vacant(entry) => {
+                        entry.insert(self.line(&name.span()));
+                    }
+                    Entry::Occupied(entry) => {
+                        let message = format!(
+                            "{:?} is already the name of the backend on line {}: backend names \
+                             must be unique within a service",
+                            name.get_ref(),
+                            entry.get()
+                        );
+                        self.report(Some(name.span()), &name_field, message);
+                    }
+                }
+            }
+            let address_field = format!("{path}.address");
+            let what =
+                format!("where the backend listens, such as address = \"{BACKEND_EXAMPLE}\"");
+            let address = self
+                .required(&raw.address, Some(table), &address_field, &what)
+                .and_then(|value| self.socket_addr(value, &address_field, BACKEND_EXAMPLE));
+            if let Ok(address) = &address {
+                match addresses.entry(*address.get_ref()) {
+                    Entry::Vacant(entry) => {
+                        entry.insert((path.clone(), self.line(&address.span())));
+                    }
+                    Entry::Occupied(entry) => {
+                        let (first, line) = entry.get();
+                        let message = format!(
+                            "{} is already the address of {first} (line {line}): list each backend \
+                             once per service",
+                            address.get_ref()
+                        );
+                        self.report(Some(address.span()), &address_field, message);
+                    }
+                }
+            }
+            backends.push(match (name, address) {
+                (Ok(name), Ok(address)) => Ok(BackendConfig {
+                    name: name.into_inner(),
+                    address: address.into_inner(),
+                }),
+                (Err(reported), _) | (_, Err(reported)) => Err(reported),
+            });
+        }
+        backends.into_iter().collect()
+    }
+
+    fn unique_service_names(&mut self, drafts: &[ServiceDraft]) {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for draft in drafts {
+            let Ok(name) = &draft.name else { continue };
+            match seen.entry(name.get_ref()) {
+                Entry::Vacant(entry) => {
+                    entry.insert(self.line(&name.span()));
+                }
+                Entry::Occupied(entry) => {
+                    let message = format!(
+                        "{:?} is already the name of the service on line {}: service names must \
+                         be unique",
+                        name.get_ref(),
+                        entry.get()
+                    );
+                    self.report(Some(name.span()), &format!("{}.name", draft.path), message);
+                }
+            }
+        }
+    }
+
+    fn unique_listens(&mut self, drafts: &[ServiceDraft]) {
+        let mut seen: HashMap<(SocketAddrV4, Protocol), (&str, usize)> = HashMap::new();
+        for draft in drafts {
+            let (Ok(listen), Ok(protocol)) = (&draft.listen, draft.protocol) else {
+                continue;
+            };
+            match seen.entry((*listen.get_ref(), protocol)) {
+                Entry::Vacant(entry) => {
+                    entry.insert((&draft.path, self.line(&listen.span())));
+                }
+                Entry::Occupied(entry) => {
+                    let (first, line) = entry.get();
+                    let message = format!(
+                        "{}/{protocol} is already the listen address of {first} (line {line}): \
+                         each service needs its own address, port and protocol",
+                        listen.get_ref()
+                    );
+                    self.report(
+                        Some(listen.span()),
+                        &format!("{}.listen", draft.path),
+                        message,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Replies from backends come back to the SNAT address at a port from `snat_ports`. If a
+    /// service listens there, the data plane would take those replies for new clients.
+    fn snat_port_collisions(&mut self, drafts: &[ServiceDraft], snat_ports: Checked<PortRange>) {
+        let Ok(snat_ports) = snat_ports else { return };
+        let mut listeners: HashMap<(Ipv4Addr, Protocol), Vec<&ServiceDraft>> = HashMap::new();
+        for draft in drafts {
+            if let (Ok(listen), Ok(protocol)) = (&draft.listen, draft.protocol)
+                && snat_ports.contains(listen.get_ref().port())
+            {
+                listeners
+                    .entry((*listen.get_ref().ip(), protocol))
+                    .or_default()
+                    .push(draft);
+            }
+        }
+        // One problem per place a SNAT address is set (and protocol), however many services
+        // share it: the fix is made there or in snat_ports.
+        let mut checked = HashSet::new();
+        for draft in drafts {
+            let (Ok(snat), Ok(protocol)) = (&draft.snat, draft.protocol) else {
+                continue;
+            };
+            if !checked.insert((snat.span.start, protocol)) {
+                continue;
+            }
+            let Some(colliding) = listeners.get(&(snat.address, protocol)) else {
+                continue;
+            };
+            let mut services = Vec::new();
+            let mut ports = Vec::new();
+            for listener in colliding {
+                if let Ok(listen) = &listener.listen {
+                    let line = self.line(&listen.span());
+                    services.push(format!(
+                        "{} ({}/{protocol}, line {line})",
+                        listener.path,
+                        listen.get_ref()
+                    ));
+                    ports.push(listen.get_ref().port().to_string());
+                }
+            }
+            let message = format!(
+                "SNAT address {} is also the listen address of {}, and dataplane.snat_ports \
+                 {snat_ports} includes {} {}: replies from backends to {} would be mistaken for \
+                 client traffic; narrow dataplane.snat_ports to leave out {}, or use a SNAT \
+                 address no {protocol} service listens on",
+                snat.address,
+                services.join(" and "),
+                if ports.len() == 1 { "port" } else { "ports" },
+                ports.join(", "),
+                if ports.len() == 1 {
+                    "that port"
+                } else {
+                    "those ports"
+                },
+                ports.join(", "),
+            );
+            self.report(Some(snat.span.clone()), &snat.field, message);
+        }
+    }
+}
+
+/// The string in `leaf`, if it holds one; for naming a table before it is checked.
+fn leaf_str(leaf: &Leaf) -> Option<&str> {
+    leaf.as_ref().and_then(|value| value.get_ref().as_str())
+}
+
+/// How a value of the wrong type is shown in a problem.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::String(text) => format!("the string {text:?}"),
+        Value::Integer(n) => format!("the number {n}"),
+        Value::Float(x) => format!("the number {x}"),
+        Value::Boolean(b) => format!("{b}"),
+        Value::Datetime(datetime) => format!("the date-time {datetime}"),
+        Value::Array(_) => "an array".to_owned(),
+        Value::Table(_) => "a table".to_owned(),
+    }
+}
+
+/// Why `name` cannot be a Linux interface name, if it cannot (the kernel's `dev_valid_name`).
+fn interface_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("empty interface name".to_owned())
+    } else if name.len() > MAX_INTERFACE_NAME_LEN {
+        Some(format!(
+            "interface name {name:?} is {} bytes long: Linux allows at most {MAX_INTERFACE_NAME_LEN}",
+            name.len()
+        ))
+    } else if name == "." || name == ".." {
+        Some(format!("{name:?} cannot be a Linux interface name"))
+    } else {
+        name.chars()
+            .find(|&c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+            .map(|c| {
+                format!(
+                    "interface name {name:?} contains {c:?}: Linux interface names cannot contain \
+                     '/', ':', whitespace or control characters"
+                )
+            })
+    }
+}
+
+/// Addresses that cannot be a VIP, a backend or a SNAT source.
+fn unicast(address: Ipv4Addr) -> Result<(), String> {
+    let kind = if address.is_unspecified() {
+        "the unspecified address"
+    } else if address.is_loopback() {
+        "a loopback address"
+    } else if address.is_multicast() {
+        "a multicast address"
+    } else if address.is_broadcast() {
+        "the broadcast address"
+    } else {
+        return Ok(());
+    };
+    Err(format!("{address} is {kind}: {UNICAST_RULE}"))
+}
+
+/// An `IPv4:port` address; `example` shapes the suggestion when it is not one.
+fn socket_addr(text: &str, example: SocketAddrV4) -> Result<SocketAddrV4, String> {
+    if let Ok(address) = text.parse::<SocketAddrV4>() {
+        if address.port() == 0 {
+            return Err(format!(
+                "port 0 in {text:?} is not a port: use 1 to 65535, such as {}:{}",
+                address.ip(),
+                example.port()
+            ));
+        }
+        unicast(*address.ip())?;
+        return Ok(address);
+    }
+    if let Ok(ip) = text.parse::<Ipv4Addr>() {
+        return Err(format!(
+            "invalid address {text:?}: expected IPv4:port such as {ip}:{}",
+            example.port()
+        ));
+    }
+    if let Some((ip, port)) = text.rsplit_once(':')
+        && ip.parse::<Ipv4Addr>().is_ok()
+        && !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(format!(
+            "invalid address {text:?}: port {port} is out of range 1 to 65535"
+        ));
+    }
+    if text
+        .parse::<SocketAddr>()
+        .is_ok_and(|address| address.is_ipv6())
+        || text.parse::<Ipv6Addr>().is_ok()
+    {
+        return Err(format!(
+            "invalid address {text:?}: IPv6 is not supported yet; expected IPv4:port such as {example}"
+        ));
+    }
+    Err(format!(
+        "invalid address {text:?}: expected IPv4:port such as {example}"
+    ))
+}
+
+/// `"MIN-MAX"`, 1 <= MIN <= MAX <= 65535.
+fn port_range(text: &str) -> Result<PortRange, String> {
+    let rule = "expected \"MIN-MAX\" with 1 <= MIN <= MAX <= 65535, such as \"1024-32767\"";
+    // Digits only: no signs or spaces. Too many digits is out of range, not malformed.
+    let number = |part: &str| {
+        (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| part.parse::<u32>().unwrap_or(u32::MAX))
+    };
+    let Some((Some(min), Some(max))) = text
+        .split_once('-')
+        .map(|(min, max)| (number(min), number(max)))
+    else {
+        return Err(format!("invalid port range {text:?}: {rule}"));
+    };
+    let (Ok(min), Ok(max)) = (u16::try_from(min), u16::try_from(max)) else {
+        return Err(format!(
+            "invalid port range {text:?}: ports end at 65535; {rule}"
+        ));
+    };
+    if min == 0 {
+        Err(format!(
+            "invalid port range {text:?}: ports start at 1; {rule}"
+        ))
+    } else if min > max {
+        Err(format!(
+            "invalid port range {text:?}: MIN {min} is greater than MAX {max}; {rule}"
+        ))
+    } else {
+        Ok(PortRange { min, max })
+    }
+}

@@ -1,0 +1,312 @@
+//! Writes a [`Plan`] into the maps the XDP program reads: services, backends, rings and
+//! the set of local addresses.
+//!
+//! Every change is made so that a packet in flight sees either the old state or the new
+//! one, never a mix: backends are written before a ring names them, a ring is written into
+//! the service's spare slot and made live by flipping one word, and a service key appears
+//! only once its ring is live.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddrV4,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{Array, HashMap, MapData};
+use lb_common::{
+    Backend, BackendRing, PROTO_TCP, PROTO_UDP, Service, ServiceKey,
+    service::{ADDR_SNAT, ADDR_VIP, MAX_BACKENDS, MAX_SERVICES},
+    wire::{addr_to_wire, port_to_wire},
+};
+
+use super::{counters::CounterMaps, ids::IdPool, rcu, ring};
+use crate::{
+    config::Protocol,
+    dataplane::{Plan, ServicePlan},
+};
+
+/// After a flip, the old slot is reused only once a grace period has passed; flips further
+/// apart than this certainly had one.
+const FLIP_GRACE: Duration = Duration::from_secs(1);
+
+/// A service as installed in the maps.
+#[derive(Debug)]
+struct Installed {
+    id: u32,
+    key: ServiceKey,
+    /// (backend name, address, id) in schedule order.
+    backends: Vec<(String, SocketAddrV4, u32)>,
+    ring: BackendRing,
+    live_slot: u32,
+    flipped_at: Option<Instant>,
+}
+
+/// The maps the controller writes, and what it has written to them.
+pub struct Tables {
+    /// Owned here because an id's counters are zeroed before the id goes live again.
+    counters: CounterMaps,
+    services: HashMap<MapData, ServiceKey, Service>,
+    local_addrs: HashMap<MapData, u32, u32>,
+    ring_select: Array<MapData, u32>,
+    rings: Array<MapData, BackendRing>,
+    backends: Array<MapData, Backend>,
+    installed: BTreeMap<String, Installed>,
+    service_ids: IdPool,
+    backend_ids: IdPool,
+}
+
+/// Names of what an id stands for, for counters.
+#[derive(Clone, Debug)]
+pub struct InstalledService {
+    pub name: String,
+    pub id: u32,
+    pub backends: Vec<(String, SocketAddrV4, u32)>,
+}
+
+impl Tables {
+    pub fn new(
+        counters: CounterMaps,
+        services: HashMap<MapData, ServiceKey, Service>,
+        local_addrs: HashMap<MapData, u32, u32>,
+        ring_select: Array<MapData, u32>,
+        rings: Array<MapData, BackendRing>,
+        backends: Array<MapData, Backend>,
+    ) -> Self {
+        Self {
+            counters,
+            services,
+            local_addrs,
+            ring_select,
+            rings,
+            backends,
+            installed: BTreeMap::new(),
+            service_ids: IdPool::new("service", MAX_SERVICES),
+            backend_ids: IdPool::new("backend", MAX_BACKENDS),
+        }
+    }
+
+    pub fn counters(&self) -> &CounterMaps {
+        &self.counters
+    }
+
+    /// Services as installed, with their ids.
+    pub fn installed(&self) -> Vec<InstalledService> {
+        self.installed
+            .iter()
+            .map(|(name, s)| InstalledService {
+                name: name.clone(),
+                id: s.id,
+                backends: s.backends.clone(),
+            })
+            .collect()
+    }
+
+    pub fn apply(&mut self, plan: &Plan) -> Result<()> {
+        let wanted: BTreeSet<&str> = plan.services.iter().map(|s| s.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .installed
+            .keys()
+            .filter(|name| !wanted.contains(name.as_str()))
+            .cloned()
+            .collect();
+
+        // Addresses first when shrinking, last when growing: a packet is only ever
+        // claimed for a service whose state is complete.
+        self.shrink_local_addrs(plan)?;
+        for name in gone {
+            self.remove_service(&name)?;
+        }
+        for service in &plan.services {
+            self.install_service(service)
+                .with_context(|| format!("installing service {}", service.name))?;
+        }
+        self.grow_local_addrs(plan)
+    }
+
+    fn install_service(&mut self, plan: &ServicePlan) -> Result<()> {
+        let key = ServiceKey::new(
+            addr_to_wire(*plan.listen.ip()),
+            port_to_wire(plan.listen.port()),
+            proto_number(plan.protocol),
+        );
+        let value_for = |id| Service {
+            id,
+            snat_addr: addr_to_wire(plan.snat_address),
+            snat_port_min: plan.snat_ports.min,
+            snat_port_max: plan.snat_ports.max,
+        };
+
+        let mut entry = match self.installed.remove(&plan.name) {
+            Some(entry) => entry,
+            None => Installed {
+                id: self.new_service_id()?,
+                key,
+                backends: Vec::new(),
+                ring: BackendRing::EMPTY,
+                live_slot: 0,
+                flipped_at: None,
+            },
+        };
+        let value = value_for(entry.id);
+        let result = self.update_service(&mut entry, plan, key, value);
+        self.installed.insert(plan.name.clone(), entry);
+        result
+    }
+
+    fn update_service(
+        &mut self,
+        entry: &mut Installed,
+        plan: &ServicePlan,
+        key: ServiceKey,
+        value: Service,
+    ) -> Result<()> {
+        // Keep the id of a backend whose name and address are unchanged, so its flows and
+        // counters carry on; anything else gets a fresh id (a live id never changes address).
+        let mut kept = Vec::with_capacity(plan.backends.len());
+        let mut released: Vec<u32> = Vec::new();
+        let old: BTreeMap<(&str, SocketAddrV4), u32> = entry
+            .backends
+            .iter()
+            .map(|(name, addr, id)| ((name.as_str(), *addr), *id))
+            .collect();
+        for backend in &plan.backends {
+            let id = match old.get(&(backend.name.as_str(), backend.address)) {
+                Some(id) => *id,
+                None => {
+                    let id = self.new_backend_id()?;
+                    self.backends.set(
+                        id,
+                        Backend {
+                            addr: addr_to_wire(*backend.address.ip()),
+                            port: port_to_wire(backend.address.port()),
+                            _pad: 0,
+                        },
+                        0,
+                    )?;
+                    id
+                }
+            };
+            kept.push((backend.name.clone(), backend.address, id));
+        }
+        let kept_ids: BTreeSet<u32> = kept.iter().map(|(_, _, id)| *id).collect();
+        for (_, _, id) in &entry.backends {
+            if !kept_ids.contains(id) {
+                released.push(*id);
+            }
+        }
+
+        let ids: Vec<u32> = kept.iter().map(|(_, _, id)| *id).collect();
+        let ring = ring::round_robin(&ids)?;
+        if ring != entry.ring || entry.flipped_at.is_none() {
+            self.flip_ring(entry, &ring)?;
+        }
+        entry.backends = kept;
+
+        if entry.key != key {
+            // The listen address changed: the old key goes, the new one takes over.
+            let _ = self.services.remove(&entry.key);
+            entry.key = key;
+        }
+        self.services.insert(key, value, 0)?;
+
+        for id in released {
+            self.backend_ids.release(id);
+        }
+        Ok(())
+    }
+
+    fn new_service_id(&mut self) -> Result<u32> {
+        let id = self.service_ids.allocate()?;
+        self.counters.reset_service(id)?;
+        Ok(id)
+    }
+
+    fn new_backend_id(&mut self) -> Result<u32> {
+        let id = self.backend_ids.allocate()?;
+        self.counters.reset_backend(id)?;
+        Ok(id)
+    }
+
+    /// Writes `ring` into the service's spare slot and makes it the live one.
+    fn flip_ring(&mut self, entry: &mut Installed, ring: &BackendRing) -> Result<()> {
+        let spare = entry.live_slot ^ 1;
+        if entry.flipped_at.is_some_and(|at| at.elapsed() < FLIP_GRACE) {
+            // The spare slot was live a moment ago; a reader may still be in it.
+            rcu::wait_for_readers();
+        }
+        self.rings.set(entry.id * 2 + spare, ring, 0)?;
+        self.ring_select.set(entry.id, spare, 0)?;
+        entry.live_slot = spare;
+        entry.ring = *ring;
+        entry.flipped_at = Some(Instant::now());
+        Ok(())
+    }
+
+    fn remove_service(&mut self, name: &str) -> Result<()> {
+        let Some(entry) = self.installed.remove(name) else {
+            return Ok(());
+        };
+        self.services
+            .remove(&entry.key)
+            .with_context(|| format!("removing service {name}"))?;
+        for (_, _, id) in entry.backends {
+            self.backend_ids.release(id);
+        }
+        self.service_ids.release(entry.id);
+        Ok(())
+    }
+
+    /// Removes from `LOCAL_ADDRS` what `plan` no longer claims.
+    fn shrink_local_addrs(&mut self, plan: &Plan) -> Result<()> {
+        let wanted = wanted_local_addrs(plan);
+        for (addr, bits) in self.current_local_addrs()? {
+            let keep = wanted.get(&addr).copied().unwrap_or(0) & bits;
+            if keep == 0 {
+                self.local_addrs.remove(&addr)?;
+            } else if keep != bits {
+                self.local_addrs.insert(addr, keep, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds to `LOCAL_ADDRS` what `plan` claims.
+    fn grow_local_addrs(&mut self, plan: &Plan) -> Result<()> {
+        let current = self.current_local_addrs()?;
+        for (addr, bits) in wanted_local_addrs(plan) {
+            if current.get(&addr) != Some(&bits) {
+                self.local_addrs.insert(addr, bits, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn current_local_addrs(&self) -> Result<BTreeMap<u32, u32>> {
+        self.local_addrs
+            .iter()
+            .collect::<Result<_, _>>()
+            .context("reading LOCAL_ADDRS")
+    }
+}
+
+/// Every VIP and SNAT address of `plan` with its `ADDR_*` bits.
+fn wanted_local_addrs(plan: &Plan) -> BTreeMap<u32, u32> {
+    let mut wanted: BTreeMap<u32, u32> = BTreeMap::new();
+    for service in &plan.services {
+        *wanted
+            .entry(addr_to_wire(*service.listen.ip()))
+            .or_default() |= ADDR_VIP;
+        *wanted
+            .entry(addr_to_wire(service.snat_address))
+            .or_default() |= ADDR_SNAT;
+    }
+    wanted
+}
+
+pub fn proto_number(protocol: Protocol) -> u8 {
+    match protocol {
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+    }
+}
