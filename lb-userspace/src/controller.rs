@@ -23,6 +23,8 @@ use crate::{
 
 /// How often next hops towards backends are re-resolved.
 const NEXT_HOP_INTERVAL: Duration = Duration::from_secs(1);
+/// How long start-up waits for the kernel to resolve backends' link-layer addresses.
+const RESOLVE_WAIT: Duration = Duration::from_secs(2);
 /// How often the connection table is swept for idle flows.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -48,8 +50,7 @@ impl Controller {
             rtnetlink::new_connection().context("opening a netlink socket")?;
         let connection = tokio::spawn(connection);
         let mut next_hops = NextHopResolver::new(netlink, background.next_hops);
-        // Before the services go live, so their first packets find resolved neighbours.
-        next_hops.refresh(&plan.backend_addresses()).await?;
+        resolve_before_going_live(&mut next_hops, &plan).await?;
 
         dataplane.apply(&plan)?;
         for service in &plan.services {
@@ -131,6 +132,30 @@ pub async fn run(config_path: &Path) -> Result<()> {
     controller.stop().await
 }
 
+/// Resolves the backends' next hops before any service goes live, so that first packets
+/// are not handed to a kernel that may not route them. A backend still unresolved after
+/// [`RESOLVE_WAIT`] is reported and retried in the background.
+async fn resolve_before_going_live(resolver: &mut NextHopResolver, plan: &Plan) -> Result<()> {
+    let backends = plan.backend_addresses();
+    let deadline = tokio::time::Instant::now() + RESOLVE_WAIT;
+    loop {
+        let unresolved = resolver.refresh(&backends).await?;
+        if unresolved.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let list: Vec<String> = unresolved.iter().map(ToString::to_string).collect();
+            warn!(
+                backends = %list.join(", "),
+                "no link-layer address for these backends yet (down, or not on a connected \
+                 network?); their first packets may be lost until they answer ARP"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn keep_next_hops(
     mut resolver: NextHopResolver,
     plan: Plan,
@@ -142,8 +167,12 @@ async fn keep_next_hops(
     loop {
         tokio::select! {
             _ = ticks.tick() => {
-                if let Err(err) = resolver.refresh(&backends).await {
-                    warn!("refreshing next hops: {err:#}");
+                match resolver.refresh(&backends).await {
+                    Ok(unresolved) if !unresolved.is_empty() => {
+                        debug!(?unresolved, "next hops not resolved yet");
+                    }
+                    Ok(_) => {}
+                    Err(err) => warn!("refreshing next hops: {err:#}"),
                 }
             }
             _ = stop.changed() => break,

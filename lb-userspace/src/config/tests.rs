@@ -930,7 +930,12 @@ fn hostile_nesting_is_rejected() {
             "}".repeat(deep)
         ),
         format!("[{}a]\n", "a.".repeat(deep)),
-        format!("[[service]]\nname.{}= 1\n", "a.".repeat(deep / 10)),
+        format!("[[service]]\nname.{}a = 1\n", "a.".repeat(deep / 10)),
+        format!(
+            "[[service]]\nname = {}1{}\n",
+            "{a=".repeat(70),
+            "}".repeat(70)
+        ),
         format!("{}x = 1\n", "[[service]]\n".repeat(deep / 10)),
     ] {
         parse_must_not_panic(&text);

@@ -294,7 +294,7 @@ impl Checker<'_> {
     fn snat(&mut self, value: &Spanned<Value>, field: &str) -> Checked<Snat> {
         let text = self.string(value, field, "an IPv4 address such as \"10.0.0.1\"")?;
         let checked = match text.parse::<Ipv4Addr>() {
-            Ok(address) => unicast(address).map(|()| address),
+            Ok(address) => check_unicast(address).map(|()| address),
             Err(_) if text.parse::<SocketAddrV4>().is_ok() => Err(format!(
                 "{text:?} has a port: a SNAT address is an address only; its source ports come \
                  from dataplane.snat_ports"
@@ -744,7 +744,7 @@ fn interface_problem(name: &str) -> Option<String> {
 }
 
 /// Addresses that cannot be a VIP, a backend or a SNAT source.
-fn unicast(address: Ipv4Addr) -> Result<(), String> {
+fn check_unicast(address: Ipv4Addr) -> Result<(), String> {
     let kind = if address.is_unspecified() {
         "the unspecified address"
     } else if address.is_loopback() {
@@ -769,7 +769,7 @@ fn socket_addr(text: &str, example: SocketAddrV4) -> Result<SocketAddrV4, String
                 example.port()
             ));
         }
-        unicast(*address.ip())?;
+        check_unicast(*address.ip())?;
         return Ok(address);
     }
     if let Ok(ip) = text.parse::<Ipv4Addr>() {

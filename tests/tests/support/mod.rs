@@ -1,3 +1,6 @@
 //! Helpers shared by the integration tests.
 
+#![allow(dead_code)] // each test binary uses its own subset
+
 pub mod frames;
+pub mod gerbang;

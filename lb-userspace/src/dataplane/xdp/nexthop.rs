@@ -54,17 +54,22 @@ impl NextHopResolver {
         }
     }
 
-    /// Resolves every backend's next hop and updates `NEXT_HOPS`. A backend that cannot be
-    /// resolved yet is logged and retried on the next call; it does not stop the others.
-    pub async fn refresh(&mut self, backends: &[Ipv4Addr]) -> Result<()> {
+    /// Resolves every backend's next hop and updates `NEXT_HOPS`. Returns the backends
+    /// whose next hop is not known yet; they are retried on the next call.
+    pub async fn refresh(&mut self, backends: &[Ipv4Addr]) -> Result<Vec<Ipv4Addr>> {
         let neighbours = self.neighbours().await?;
+        let mut unresolved = Vec::new();
         for &backend in backends {
             match self.resolve(backend, &neighbours).await {
                 Ok(Some(hop)) => self.write(backend, hop)?,
-                Ok(None) => self.forget(backend)?,
+                Ok(None) => {
+                    self.forget(backend)?;
+                    unresolved.push(backend);
+                }
                 Err(err) => {
                     warn!(%backend, "cannot resolve the next hop: {err:#}");
                     self.forget(backend)?;
+                    unresolved.push(backend);
                 }
             }
         }
@@ -78,7 +83,7 @@ impl NextHopResolver {
         for addr in stale {
             self.forget(addr)?;
         }
-        Ok(())
+        Ok(unresolved)
     }
 
     /// Removes the managed neighbours gerbang added.
