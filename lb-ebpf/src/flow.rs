@@ -32,7 +32,7 @@ pub fn to_backend(ctx: &XdpContext, pkt: &Parsed, service: &Service) -> Event {
     let now = unsafe { bpf_ktime_get_ns() };
     let timeouts = timeouts();
 
-    let flow = match FLOWS.get_ptr_mut(&key) {
+    let flow = match FLOWS.get_ptr_mut(key) {
         Some(existing) if is_live(unsafe { &*existing }, pkt, &timeouts, now) => {
             let existing = unsafe { &mut *existing };
             refresh(existing, now, client_flags(pkt));
@@ -59,7 +59,7 @@ pub fn to_backend(ctx: &XdpContext, pkt: &Parsed, service: &Service) -> Event {
         dst_port: flow.backend_port,
     };
     nat::apply(pkt, &to);
-    let fallback = unsafe { NEXT_HOPS.get(&flow.backend_addr) }
+    let fallback = unsafe { NEXT_HOPS.get(flow.backend_addr) }
         .copied()
         .unwrap_or_default();
     let event = forward(ctx, pkt, &to, fallback);
@@ -74,11 +74,11 @@ pub fn to_client(ctx: &XdpContext, pkt: &Parsed, client: FlowKey) -> Event {
     let timeouts = timeouts();
     let return_key = pkt.key();
 
-    let flow = match FLOWS.get_ptr_mut(&client) {
+    let flow = match FLOWS.get_ptr_mut(client) {
         Some(flow) if unsafe { (*flow).return_key(pkt.proto) } == return_key => flow,
         // The client flow was evicted or replaced: this return entry leads nowhere.
         _ => {
-            let _ = NAT_RETURN.remove(&return_key);
+            let _ = NAT_RETURN.remove(return_key);
             return Event::PassOrphanReply;
         }
     };
@@ -123,10 +123,10 @@ fn is_live(flow: &Flow, pkt: &Parsed, timeouts: &Timeouts, now: u64) -> bool {
 #[inline(always)]
 fn retire(key: &FlowKey, flow: &Flow) {
     let return_key = flow.return_key(key.proto);
-    if let Some(owner) = unsafe { NAT_RETURN.get(&return_key) } {
-        if owner == key {
-            let _ = NAT_RETURN.remove(&return_key);
-        }
+    if let Some(owner) = unsafe { NAT_RETURN.get(return_key) }
+        && owner == key
+    {
+        let _ = NAT_RETURN.remove(return_key);
     }
     let _ = FLOWS.remove(key);
 }
@@ -200,9 +200,9 @@ fn new_flow(
         },
         _pad: 0,
     };
-    if FLOWS.insert(key, &flow, u64::from(BPF_NOEXIST)).is_err() {
+    if FLOWS.insert(key, flow, u64::from(BPF_NOEXIST)).is_err() {
         // Another CPU created this flow since our lookup: follow it, release our port.
-        let _ = NAT_RETURN.remove(&flow.return_key(key.proto));
+        let _ = NAT_RETURN.remove(flow.return_key(key.proto));
         return match FLOWS.get_ptr(key) {
             Some(theirs) => Ok(unsafe { *theirs }),
             None => Err(Event::DropNoBackend),
@@ -259,7 +259,7 @@ fn reserve_snat_port(
             key.proto,
         );
         if NAT_RETURN
-            .insert(&return_key, key, u64::from(BPF_NOEXIST))
+            .insert(return_key, key, u64::from(BPF_NOEXIST))
             .is_ok()
         {
             return Ok(port);

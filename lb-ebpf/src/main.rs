@@ -57,7 +57,7 @@ fn process(ctx: &XdpContext) -> Event {
         Err(event) => return event,
     };
     let daddr = packet::dst_addr(frame.ip);
-    let kind = match unsafe { LOCAL_ADDRS.get(&daddr) } {
+    let kind = match unsafe { LOCAL_ADDRS.get(daddr) } {
         Some(kind) => *kind,
         None => return Event::PassNotLocal,
     };
@@ -76,12 +76,12 @@ fn process(ctx: &XdpContext) -> Event {
 
     if is_vip {
         let key = ServiceKey::new(daddr, pkt.dst_port, pkt.proto);
-        if let Some(service) = unsafe { SERVICES.get(&key) } {
+        if let Some(service) = unsafe { SERVICES.get(key) } {
             return flow::to_backend(ctx, &pkt, service);
         }
     }
     if kind & ADDR_SNAT != 0 {
-        if let Some(client) = unsafe { NAT_RETURN.get(&pkt.key()) } {
+        if let Some(client) = unsafe { NAT_RETURN.get(pkt.key()) } {
             return flow::to_client(ctx, &pkt, *client);
         }
         return Event::PassHostTraffic;

@@ -163,13 +163,13 @@ impl Rig {
     }
 
     /// A client frame arriving on cli0, addressed to our MAC there.
-    fn from_client(&mut self, spec: FrameSpec) -> (u32, Vec<u8>) {
+    fn send_from_client(&mut self, spec: FrameSpec) -> (u32, Vec<u8>) {
         let frame = spec.macs(CLIENT_MAC, self.cli0_mac).build();
         self.run(&frame, self.cli0)
     }
 
     /// A backend frame arriving on bk0.
-    fn from_backend(&mut self, backend: usize, spec: FrameSpec) -> (u32, Vec<u8>) {
+    fn send_from_backend(&mut self, backend: usize, spec: FrameSpec) -> (u32, Vec<u8>) {
         let frame = spec.macs(BACKEND_MACS[backend], self.bk0_mac).build();
         self.run(&frame, self.bk0)
     }
@@ -235,7 +235,7 @@ fn a_tcp_flow_is_translated_to_a_backend_and_back() {
         let mut rig = Rig::new(&config("20000-20099", "30s"));
 
         let syn = FrameSpec::tcp(client(40001), vip(80), SYN).payload(b"hi");
-        let (action, out) = rig.from_client(syn);
+        let (action, out) = rig.send_from_client(syn);
         assert_eq!(action, XDP_REDIRECT);
         let to_backend = checked(&out);
         assert_eq!(to_backend.dst, backend(0, 8080));
@@ -255,7 +255,7 @@ fn a_tcp_flow_is_translated_to_a_backend_and_back() {
             SocketAddrV4::new(SNAT, snat_port),
             SYN | ACK,
         );
-        let (action, out) = rig.from_backend(0, syn_ack);
+        let (action, out) = rig.send_from_backend(0, syn_ack);
         assert_eq!(action, XDP_REDIRECT);
         let to_client = checked(&out);
         assert_eq!(to_client.src, vip(80));
@@ -265,7 +265,7 @@ fn a_tcp_flow_is_translated_to_a_backend_and_back() {
 
         // Later packets of the flow keep its backend and its SNAT port.
         let (_, out) =
-            rig.from_client(FrameSpec::tcp(client(40001), vip(80), ACK).payload(b"GET /"));
+            rig.send_from_client(FrameSpec::tcp(client(40001), vip(80), ACK).payload(b"GET /"));
         let again = checked(&out);
         assert_eq!(again.dst, backend(0, 8080));
         assert_eq!(again.src.port(), snat_port);
@@ -291,7 +291,8 @@ fn new_flows_take_the_backends_in_turn_with_distinct_snat_ports() {
         let mut rig = Rig::new(&config("20000-20099", "30s"));
         let mut ports = std::collections::BTreeSet::new();
         for i in 0..9u16 {
-            let (action, out) = rig.from_client(FrameSpec::tcp(client(41000 + i), vip(80), SYN));
+            let (action, out) =
+                rig.send_from_client(FrameSpec::tcp(client(41000 + i), vip(80), SYN));
             assert_eq!(action, XDP_REDIRECT);
             let out = checked(&out);
             assert_eq!(out.dst, backend(usize::from(i % 3), 8080), "flow {i}");
@@ -316,7 +317,7 @@ fn udp_datagrams_are_balanced_and_translated_back() {
     let ns = namespace(true);
     ns.run(|| {
         let mut rig = Rig::new(&config("20000-20099", "30s"));
-        let (action, out) = rig.from_client(FrameSpec::udp(client(5000), vip(53), b"query"));
+        let (action, out) = rig.send_from_client(FrameSpec::udp(client(5000), vip(53), b"query"));
         assert_eq!(action, XDP_REDIRECT);
         let out = checked(&out);
         assert_eq!(out.dst, backend(3, 5353));
@@ -324,7 +325,7 @@ fn udp_datagrams_are_balanced_and_translated_back() {
         let snat = out.src;
 
         let (action, reply) =
-            rig.from_backend(3, FrameSpec::udp(backend(3, 5353), snat, b"answer"));
+            rig.send_from_backend(3, FrameSpec::udp(backend(3, 5353), snat, b"answer"));
         assert_eq!(action, XDP_REDIRECT);
         let reply = checked(&reply);
         assert_eq!((reply.src, reply.dst), (vip(53), client(5000)));
@@ -333,7 +334,7 @@ fn udp_datagrams_are_balanced_and_translated_back() {
         // A datagram without a checksum keeps having none.
         let mut spec = FrameSpec::udp(client(5001), vip(53), b"no checksum");
         spec.udp_no_checksum = true;
-        let (action, out) = rig.from_client(spec);
+        let (action, out) = rig.send_from_client(spec);
         assert_eq!(action, XDP_REDIRECT);
         assert_eq!(
             &out[frames::ETH_HLEN + 20 + 6..frames::ETH_HLEN + 20 + 8],
@@ -527,7 +528,7 @@ fn ip_options_are_carried_through_the_rewrite() {
         let mut rig = Rig::new(&config("20000-20099", "30s"));
         let mut spec = FrameSpec::tcp(client(43000), vip(80), SYN).payload(b"opt");
         spec.ip_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
-        let (action, out) = rig.from_client(spec);
+        let (action, out) = rig.send_from_client(spec);
         assert_eq!(action, XDP_REDIRECT);
         assert_eq!(out[frames::ETH_HLEN] & 0x0f, 6, "IHL kept");
         assert_eq!(
@@ -549,7 +550,8 @@ fn snat_ports_are_never_shared_and_exhaustion_is_counted() {
         let mut rig = Rig::new(&config("30000-30003", "30s"));
         let mut seen = std::collections::BTreeSet::new();
         for i in 0..12u16 {
-            let (action, out) = rig.from_client(FrameSpec::tcp(client(44000 + i), vip(80), SYN));
+            let (action, out) =
+                rig.send_from_client(FrameSpec::tcp(client(44000 + i), vip(80), SYN));
             assert_eq!(action, XDP_REDIRECT, "flow {i}");
             let out = checked(&out);
             assert!(
@@ -557,7 +559,7 @@ fn snat_ports_are_never_shared_and_exhaustion_is_counted() {
                 "tuple reused for flow {i}"
             );
         }
-        let (action, _) = rig.from_client(FrameSpec::tcp(client(44100), vip(80), SYN));
+        let (action, _) = rig.send_from_client(FrameSpec::tcp(client(44100), vip(80), SYN));
         assert_eq!(action, XDP_DROP);
         assert_eq!(rig.event(Event::DropSnatExhausted), 1);
         let report = rig.dataplane.traffic().unwrap();
@@ -573,13 +575,13 @@ fn a_new_syn_after_a_reset_starts_a_new_flow() {
     ns.run(|| {
         let mut rig = Rig::new(&config("20000-20099", "30s"));
         let first = checked(
-            &rig.from_client(FrameSpec::tcp(client(45000), vip(80), SYN))
+            &rig.send_from_client(FrameSpec::tcp(client(45000), vip(80), SYN))
                 .1,
         );
         assert_eq!(first.dst, backend(0, 8080));
-        rig.from_client(FrameSpec::tcp(client(45000), vip(80), RST));
+        rig.send_from_client(FrameSpec::tcp(client(45000), vip(80), RST));
         let second = checked(
-            &rig.from_client(FrameSpec::tcp(client(45000), vip(80), SYN))
+            &rig.send_from_client(FrameSpec::tcp(client(45000), vip(80), SYN))
                 .1,
         );
         assert_eq!(
@@ -590,10 +592,10 @@ fn a_new_syn_after_a_reset_starts_a_new_flow() {
 
         // Both sides' FINs close a flow too.
         let snat = second.src;
-        rig.from_client(FrameSpec::tcp(client(45000), vip(80), FIN | ACK));
-        rig.from_backend(1, FrameSpec::tcp(backend(1, 8080), snat, FIN | ACK));
+        rig.send_from_client(FrameSpec::tcp(client(45000), vip(80), FIN | ACK));
+        rig.send_from_backend(1, FrameSpec::tcp(backend(1, 8080), snat, FIN | ACK));
         let third = checked(
-            &rig.from_client(FrameSpec::tcp(client(45000), vip(80), SYN))
+            &rig.send_from_client(FrameSpec::tcp(client(45000), vip(80), SYN))
                 .1,
         );
         assert_eq!(third.dst, backend(2, 8080));
@@ -608,7 +610,7 @@ fn idle_flows_expire_and_the_sweeper_frees_them() {
     ns.run(|| {
         let mut rig = Rig::new(&config("20000-20099", "1s"));
         let first = checked(
-            &rig.from_client(FrameSpec::tcp(client(46000), vip(80), SYN))
+            &rig.send_from_client(FrameSpec::tcp(client(46000), vip(80), SYN))
                 .1,
         );
         assert_eq!(first.dst, backend(0, 8080));
@@ -620,7 +622,7 @@ fn idle_flows_expire_and_the_sweeper_frees_them() {
         assert_eq!((report.live, report.expired), (0, 1));
 
         let again = checked(
-            &rig.from_client(FrameSpec::tcp(client(46000), vip(80), SYN))
+            &rig.send_from_client(FrameSpec::tcp(client(46000), vip(80), SYN))
                 .1,
         );
         assert_eq!(
@@ -639,7 +641,7 @@ fn without_ip_forwarding_the_controller_resolved_next_hops_are_used() {
         let mut rig = Rig::new(&config("20000-20099", "30s"));
 
         // Nothing resolved yet: rewritten, then handed to the kernel (which will not route).
-        let (action, out) = rig.from_client(FrameSpec::tcp(client(47000), vip(80), SYN));
+        let (action, out) = rig.send_from_client(FrameSpec::tcp(client(47000), vip(80), SYN));
         assert_eq!(action, XDP_PASS);
         assert_eq!(checked(&out).dst, backend(0, 8080));
         assert_eq!(rig.event(Event::PassNoNextHop), 1);
@@ -655,7 +657,7 @@ fn without_ip_forwarding_the_controller_resolved_next_hops_are_used() {
             assert!(resolver.refresh(&BACKEND_IPS).await.unwrap().is_empty());
         });
 
-        let (action, out) = rig.from_client(FrameSpec::tcp(client(47001), vip(80), SYN));
+        let (action, out) = rig.send_from_client(FrameSpec::tcp(client(47001), vip(80), SYN));
         assert_eq!(action, XDP_REDIRECT);
         let out = checked(&out);
         assert_eq!(out.dst, backend(1, 8080));
@@ -663,7 +665,7 @@ fn without_ip_forwarding_the_controller_resolved_next_hops_are_used() {
 
         // The reply goes back the way the client's packet came.
         let (action, reply) =
-            rig.from_backend(1, FrameSpec::tcp(backend(1, 8080), out.src, SYN | ACK));
+            rig.send_from_backend(1, FrameSpec::tcp(backend(1, 8080), out.src, SYN | ACK));
         assert_eq!(action, XDP_REDIRECT);
         let reply = checked(&reply);
         assert_eq!(reply.dst, client(47001));

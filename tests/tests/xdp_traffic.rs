@@ -97,7 +97,7 @@ fn round_robin_over_real_connections(attach: &str) {
     }
     let lb_ip_before = tcp_segments_received(&t.lb).unwrap();
     let client_ip_before = tcp_segments_received(&t.client).unwrap();
-    let backend_ip_before: Vec<u64> = t
+    let _backend_ip_before: Vec<u64> = t
         .backends
         .iter()
         .map(|b| tcp_segments_received(&b.ns).unwrap())
