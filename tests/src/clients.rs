@@ -143,11 +143,13 @@ fn connect_here(addr: SocketAddrV4) -> Result<TcpStream> {
 /// One `GET /` on a new connection, from the calling thread's namespace.
 fn get_here(addr: SocketAddrV4) -> Result<String> {
     let mut stream = connect_here(addr)?;
-    write!(
-        stream,
+    // One write, one segment: `write!` would send each formatted piece on its own.
+    let request = format!(
         "GET / HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: gerbang-testbed\r\nConnection: close\r\n\r\n"
-    )
-    .with_context(|| format!("sending request to {addr}"))?;
+    );
+    stream
+        .write_all(request.as_bytes())
+        .with_context(|| format!("sending request to {addr}"))?;
     let mut response = Vec::new();
     let mut chunk = [0u8; 4096];
     // Read the head, then exactly Content-Length bytes (or to EOF without one).

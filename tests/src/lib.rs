@@ -32,7 +32,7 @@ pub mod topology;
 pub mod xdp;
 
 pub use clients::{TcpStreamClient, curl, http_get, http_get_many, udp_request};
-pub use netns::{Netns, NsThread};
+pub use netns::{Netns, NsThread, remove_stale};
 pub use process::{ChildGuard, Cmd};
 pub use servers::{HttpBackend, TcpStreamServer, UdpEcho};
 pub use topology::{Backend, OneArm, TwoArm};

@@ -15,7 +15,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
@@ -259,6 +259,42 @@ impl Netns {
             thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// Deletes namespaces left behind by testbed processes that died without cleaning up
+/// (SIGKILL, a crash): every `gb{pid}x...` whose pid no longer runs. Returns how many.
+pub fn remove_stale() -> Result<usize> {
+    let entries = match std::fs::read_dir(NETNS_RUN_DIR) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => return Err(err).context("listing /run/netns"),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = owner_pid(&name) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let leftover = Netns {
+            handle: File::open(entry.path())
+                .with_context(|| format!("opening stale namespace {name}"))?,
+            name,
+        };
+        // Dropping it kills what still runs inside and deletes it.
+        drop(leftover);
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// The pid in a testbed namespace name `gb{pid}x{counter}{role}`.
+fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("gb")?;
+    let (pid, _) = rest.split_once('x')?;
+    pid.parse().ok()
 }
 
 impl Drop for Netns {

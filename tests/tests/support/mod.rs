@@ -4,3 +4,4 @@
 
 pub mod frames;
 pub mod gerbang;
+pub mod tempdir;

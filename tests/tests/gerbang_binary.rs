@@ -1,0 +1,183 @@
+//! The `gerbang` binary as an operator runs it: configuration errors, missing interfaces,
+//! missing privileges, and a real run that balances and detaches on SIGTERM.
+
+mod support;
+
+use std::{collections::BTreeMap, net::SocketAddrV4, process::Command, time::Duration};
+
+use gerbang_testbed::{Cmd, HttpBackend, Netns, TwoArm, curl, http_get, http_get_many};
+use support::{
+    gerbang::{binary, wait_until},
+    tempdir::TempDir,
+};
+
+fn gerbang(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .output()
+        .expect("running gerbang");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const MINIMAL: &str = r#"
+[dataplane]
+interfaces = ["nope0"]
+snat_address = "10.200.2.1"
+
+[[service]]
+name = "web"
+listen = "10.200.100.1:80"
+  [[service.backend]]
+  name = "b0"
+  address = "10.200.2.10:8080"
+"#;
+
+#[test]
+fn check_config_accepts_the_shipped_example() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/gerbang.toml");
+    let (ok, stdout, stderr) = gerbang(&["check-config", example]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(": ok ("), "{stdout}");
+}
+
+#[test]
+fn check_config_names_the_file_line_and_field() {
+    let dir = TempDir::new();
+    let bad = MINIMAL.replace("10.200.2.10:8080", "10.200.2.10");
+    let path = dir.write("bad.toml", &bad);
+    let (ok, _, stderr) = gerbang(&["check-config", path.to_str().unwrap()]);
+    assert!(!ok);
+    let line = bad.lines().position(|l| l.contains("10.200.2.10")).unwrap() + 1;
+    let expected = format!("{}:{line}:", path.display());
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(
+        stderr.contains("service[web].backend[b0].address"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("IPv4:port"),
+        "says what is allowed: {stderr}"
+    );
+}
+
+#[test]
+fn a_missing_interface_is_a_clear_error() {
+    let ns = Netns::new("cli").unwrap();
+    let dir = TempDir::new();
+    let path = dir.write("gerbang.toml", MINIMAL);
+    let binary = binary();
+    let err = ns
+        .exec(&binary, ["run", "--config", path.to_str().unwrap()])
+        .unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains("interface nope0"), "{message}");
+    assert!(message.contains("interfaces here: lo"), "{message}");
+    assert!(!message.contains("panicked"), "{message}");
+}
+
+#[test]
+fn running_without_root_says_what_to_do() {
+    let dir = TempDir::new();
+    let path = dir.write("gerbang.toml", MINIMAL);
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(binary())
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs root"), "{stderr}");
+}
+
+#[test]
+fn the_binary_balances_and_detaches_on_sigterm() {
+    let t = TwoArm::new(3).unwrap();
+    let _servers: Vec<HttpBackend> = t
+        .backends
+        .iter()
+        .map(|b| {
+            HttpBackend::start(
+                &b.ns,
+                SocketAddrV4::new(b.addr, 8080),
+                &format!("b{}", b.index),
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut config = format!(
+        "[dataplane]\ninterfaces = [\"{}\", \"{}\"]\nsnat_address = \"{}\"\n\n[[service]]\nname = \"web\"\nlisten = \"{}:80\"\n",
+        t.lb_client_if, t.lb_backend_if, t.snat, t.vip
+    );
+    for b in &t.backends {
+        config += &format!(
+            "  [[service.backend]]\n  name = \"b{}\"\n  address = \"{}:8080\"\n",
+            b.index, b.addr
+        );
+    }
+    let dir = TempDir::new();
+    let path = dir.write("gerbang.toml", &config);
+    let log = dir.path().join("gerbang.log");
+    let mut process =
+        t.lb.spawn(
+            &Cmd::new(binary())
+                .args(["run", "--config", path.to_str().unwrap()])
+                .log_to(&log),
+        )
+        .unwrap();
+
+    let vip = SocketAddrV4::new(t.vip, 80);
+    wait_until(Duration::from_secs(10), || http_get(&t.client, vip)).unwrap_or_else(|e| {
+        panic!(
+            "gerbang never served: {e:#}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    let mut counts = BTreeMap::new();
+    for answer in http_get_many(&t.client, vip, 30) {
+        *counts
+            .entry(answer.unwrap().trim().to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(
+        counts.values().all(|&n| n == 10 || n == 11),
+        "round-robin after the probe: {counts:?}"
+    );
+    assert!(
+        curl(&t.client, &format!("http://{vip}/"))
+            .unwrap()
+            .starts_with('b'),
+        "curl is served too"
+    );
+
+    let status = process.terminate().unwrap();
+    let output = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        status.success(),
+        "clean exit on SIGTERM: {status:?}\n{output}"
+    );
+    assert!(output.contains("SIGTERM received"), "{output}");
+    assert!(output.contains("detaching XDP program"), "{output}");
+    for interface in [&t.lb_client_if, &t.lb_backend_if] {
+        let link = t.lb.ip(["link", "show", "dev", interface]).unwrap();
+        assert!(
+            !link.contains("xdp"),
+            "program detached from {interface}: {link}"
+        );
+    }
+    assert!(
+        http_get(&t.client, vip).is_err(),
+        "nothing answers on the VIP once gerbang is gone"
+    );
+}
