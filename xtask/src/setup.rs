@@ -43,6 +43,10 @@ const PACKAGES: &[Package] = &[
         name: "curl",
         program: "curl",
     },
+    Package {
+        name: "nftables",
+        program: "nft",
+    },
 ];
 
 /// LLVM's development files: wanted only while bpf-linker still has to be built.

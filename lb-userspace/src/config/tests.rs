@@ -66,7 +66,7 @@ fn addr(text: &str) -> SocketAddrV4 {
 #[test]
 fn example_file_loads() {
     let config = Config::load(Path::new(EXAMPLE_PATH)).unwrap_or_else(|error| panic!("{error}"));
-    assert_eq!(config.dataplane.interfaces, ["eth0"]);
+    assert_eq!(config.dataplane.interfaces, ["eth0", "eth1"]);
     assert_eq!(config.dataplane.attach, AttachMode::Auto);
     assert_eq!(
         config.dataplane.snat_ports,
@@ -90,7 +90,7 @@ fn example_file_loads() {
             )
         })
         .collect();
-    let snat = Ipv4Addr::new(10, 8, 0, 1);
+    let snat = Ipv4Addr::new(10, 0, 0, 1);
     assert_eq!(
         services,
         [
@@ -109,7 +109,7 @@ fn example_file_loads() {
         config.services[0].backends[2],
         BackendConfig {
             name: "pi-3".into(),
-            address: addr("10.8.0.13:80")
+            address: addr("10.0.0.13:80")
         }
     );
 }
@@ -435,17 +435,38 @@ fn too_many_services() {
 }
 
 #[test]
-fn too_many_backends() {
+fn too_many_backends_in_one_service() {
     assert_eq!(
-        parse(&many_services(1, 4096)).unwrap().services[0]
+        parse(&many_services(1, 256)).unwrap().services[0]
             .backends
             .len(),
-        4096
+        256
     );
     let message = only_problem(
-        &many_services(1, 4097),
-        3 + 3 + 4096 * 3 + 1,
-        "service[svc0].backend[b4096]",
+        &many_services(1, 257),
+        3 + 3 + 256 * 3 + 1,
+        "service[svc0].backend[b256]",
+    );
+    assert!(
+        message.starts_with("too many backends in one service: more than 256"),
+        "{message}"
+    );
+}
+
+#[test]
+fn too_many_backends() {
+    let total: usize = parse(&many_services(16, 256))
+        .unwrap()
+        .services
+        .iter()
+        .map(|s| s.backends.len())
+        .sum();
+    assert_eq!(total, 4096);
+    // The 4097th backend is the first of the 17th service.
+    let message = only_problem(
+        &many_services(17, 256),
+        3 + 16 * (3 + 256 * 3) + 3 + 1,
+        "service[svc16].backend[b0]",
     );
     assert!(
         message.starts_with("too many backends: more than 4096 over all services"),

@@ -14,7 +14,7 @@ use std::{
 
 use lb_common::{
     flow::DEFAULT_FLOW_TABLE_SIZE,
-    service::{MAX_BACKENDS, MAX_SERVICES},
+    service::{MAX_BACKENDS, MAX_SERVICES, RING_SLOTS},
 };
 use toml::{Spanned, Value};
 
@@ -534,6 +534,13 @@ impl Checker<'_> {
             let raw: &RawBackend = raw.get_ref();
             let path = locate::element(&array, leaf_str(&raw.name), index);
             *total += 1;
+            if index == RING_SLOTS {
+                let message = format!(
+                    "too many backends in one service: more than {RING_SLOTS} (the length of \
+                     the data plane's schedule); split the pool over two services"
+                );
+                self.report(Some(table.clone()), &path, message);
+            }
             if *total == MAX_BACKENDS as usize + 1 {
                 let message = format!(
                     "too many backends: more than {MAX_BACKENDS} over all services (the size of \
