@@ -50,14 +50,26 @@ pub enum Event {
     Tx,
     /// Redirected to another interface.
     Redirect,
+    /// A new TCP flow to a service with no backend available, answered with a RST.
+    RstNoBackend,
+    /// A packet of a flow whose backend failed, answered with a RST (the service cuts
+    /// such flows so clients fail fast instead of hanging).
+    RstBackendDown,
+    /// A TCP segment that is not a SYN and belongs to no live flow (the flow expired or
+    /// was evicted), answered with a RST so the client does not hang.
+    RstNoFlow,
     /// To a VIP with a bad IPv4 header (version, IHL, lengths).
     DropMalformedIpv4,
     /// To a VIP with a truncated or bad TCP/UDP header.
     DropMalformedL4,
     /// IPv4 fragment to a VIP: ports are unknown, so it cannot be balanced.
     DropFragment,
-    /// The service has no backend available.
+    /// A UDP datagram for a service with no backend available.
     DropNoBackend,
+    /// A UDP datagram of a flow whose backend failed (the service cuts such flows).
+    DropBackendDown,
+    /// A TCP RST belonging to no live flow: nothing to answer.
+    DropStrayRst,
     /// Every SNAT port tried for this backend is in use by a live flow.
     DropSnatExhausted,
     /// The FIB says the destination is unreachable, blackholed or prohibited.
@@ -65,7 +77,7 @@ pub enum Event {
 }
 
 impl Event {
-    pub const ALL: [Event; 19] = [
+    pub const ALL: [Event; 24] = [
         Event::PassShortFrame,
         Event::PassNotIpv4,
         Event::PassTruncatedIpv4,
@@ -79,10 +91,15 @@ impl Event {
         Event::PassNoRedirect,
         Event::Tx,
         Event::Redirect,
+        Event::RstNoBackend,
+        Event::RstBackendDown,
+        Event::RstNoFlow,
         Event::DropMalformedIpv4,
         Event::DropMalformedL4,
         Event::DropFragment,
         Event::DropNoBackend,
+        Event::DropBackendDown,
+        Event::DropStrayRst,
         Event::DropSnatExhausted,
         Event::DropUnroutable,
     ];
@@ -103,10 +120,15 @@ impl Event {
             Event::PassNoRedirect => "pass_no_redirect",
             Event::Tx => "tx",
             Event::Redirect => "redirect",
+            Event::RstNoBackend => "rst_no_backend",
+            Event::RstBackendDown => "rst_backend_down",
+            Event::RstNoFlow => "rst_no_flow",
             Event::DropMalformedIpv4 => "drop_malformed_ipv4",
             Event::DropMalformedL4 => "drop_malformed_l4",
             Event::DropFragment => "drop_fragment",
             Event::DropNoBackend => "drop_no_backend",
+            Event::DropBackendDown => "drop_backend_down",
+            Event::DropStrayRst => "drop_stray_rst",
             Event::DropSnatExhausted => "drop_snat_exhausted",
             Event::DropUnroutable => "drop_unroutable",
         }
@@ -126,12 +148,16 @@ impl Event {
             | Event::PassNoNextHop
             | Event::PassKernelRoute
             | Event::PassNoRedirect => Verdict::PassRewritten,
-            Event::Tx => Verdict::Tx,
+            Event::Tx | Event::RstNoBackend | Event::RstBackendDown | Event::RstNoFlow => {
+                Verdict::Tx
+            }
             Event::Redirect => Verdict::Redirect,
             Event::DropMalformedIpv4
             | Event::DropMalformedL4
             | Event::DropFragment
             | Event::DropNoBackend
+            | Event::DropBackendDown
+            | Event::DropStrayRst
             | Event::DropSnatExhausted
             | Event::DropUnroutable => Verdict::Drop,
         }

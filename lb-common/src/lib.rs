@@ -16,6 +16,11 @@ pub use event::{EVENT_COUNT, Event, TrafficCounters, Verdict};
 pub use flow::{Flow, FlowKey, Timeouts};
 pub use service::{Backend, BackendRing, NextHop, Service, ServiceKey};
 
+/// Version of the map layout. Maps are pinned under a directory named after it, so a
+/// controller only ever adopts maps whose layout it knows; bump it with any change to a map
+/// type, size or meaning.
+pub const ABI_VERSION: u32 = 1;
+
 /// IP protocol numbers the data path balances.
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;

@@ -18,7 +18,7 @@ pub const ADDR_SNAT: u32 = 1 << 1;
 
 /// Key of the `SERVICES` map: what a client connects to.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceKey {
     /// VIP, network order.
     pub addr: u32,
@@ -53,6 +53,10 @@ pub struct Service {
     pub snat_port_max: u16,
 }
 
+/// `Backend::flags`: the backend failed its health checks and its service cuts
+/// established flows: a client's next packet is answered with a TCP RST (UDP: dropped).
+pub const BACKEND_CUT_FLOWS: u16 = 1 << 0;
+
 /// Value of the `BACKENDS` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +65,8 @@ pub struct Backend {
     pub addr: u32,
     /// Network order.
     pub port: u16,
-    pub _pad: u16,
+    /// `BACKEND_*` bits.
+    pub flags: u16,
 }
 
 /// A service's schedule: new flows take `slots[cursor % len]`.

@@ -8,7 +8,7 @@ use lb_common::{
         FLOW_FIN_FROM_BACKEND, FLOW_FIN_FROM_CLIENT, FLOW_REPLY_SEEN, FLOW_RST,
         LAST_SEEN_GRANULARITY_NS,
     },
-    service::RING_SLOTS,
+    service::{BACKEND_CUT_FLOWS, RING_SLOTS},
 };
 
 use crate::{
@@ -20,6 +20,7 @@ use crate::{
     },
     nat::{self, Rewrite},
     packet::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    reset,
 };
 
 /// SNAT ports tried for a new flow before giving up on it.
@@ -35,6 +36,12 @@ pub fn to_backend(ctx: &XdpContext, pkt: &Parsed, service: &Service) -> Event {
     let flow = match FLOWS.get_ptr_mut(key) {
         Some(existing) if is_live(unsafe { &*existing }, pkt, &timeouts, now) => {
             let existing = unsafe { &mut *existing };
+            if backend_cut(existing.backend_id) {
+                let flow = *existing;
+                retire(&key, &flow);
+                counters::count_drop(flow.service_id, Some(flow.backend_id));
+                return cut(ctx, pkt, Event::RstBackendDown, Event::DropBackendDown);
+            }
             refresh(existing, now, client_flags(pkt));
             *existing
         }
@@ -42,8 +49,20 @@ pub fn to_backend(ctx: &XdpContext, pkt: &Parsed, service: &Service) -> Event {
             if let Some(stale) = stale {
                 retire(&key, unsafe { &*stale });
             }
+            if pkt.proto == PROTO_TCP && !is_new_syn(pkt) {
+                // Mid-connection with no flow: the backend would not know it either.
+                counters::count_drop(service.id, None);
+                if pkt.has_tcp_flag(TCP_RST) {
+                    return Event::DropStrayRst;
+                }
+                return reset::reset_client(ctx, pkt, Event::RstNoFlow);
+            }
             match new_flow(ctx, pkt, &key, service, now) {
                 Ok(flow) => flow,
+                Err(Event::DropNoBackend) => {
+                    counters::count_drop(service.id, None);
+                    return cut(ctx, pkt, Event::RstNoBackend, Event::DropNoBackend);
+                }
                 Err(event) => {
                     counters::count_drop(service.id, None);
                     return event;
@@ -87,6 +106,13 @@ pub fn to_client(ctx: &XdpContext, pkt: &Parsed, client: FlowKey) -> Event {
         retire(&client, flow);
         return Event::PassOrphanReply;
     }
+    if backend_cut(flow.backend_id) {
+        // The client's next packet finds no flow and is answered with a RST.
+        let flow = *flow;
+        retire(&client, &flow);
+        counters::count_drop(flow.service_id, Some(flow.backend_id));
+        return Event::DropBackendDown;
+    }
     refresh(flow, now, backend_flags(pkt));
     let flow = *flow;
 
@@ -102,6 +128,29 @@ pub fn to_client(ctx: &XdpContext, pkt: &Parsed, client: FlowKey) -> Event {
     event
 }
 
+/// Ends a client's packet that cannot go on: TCP gets a RST, anything else is dropped.
+#[inline(always)]
+fn cut(ctx: &XdpContext, pkt: &Parsed, tcp: Event, other: Event) -> Event {
+    if pkt.proto == PROTO_TCP {
+        reset::reset_client(ctx, pkt, tcp)
+    } else {
+        other
+    }
+}
+
+/// Whether the backend failed and its service cuts its flows.
+#[inline(always)]
+fn backend_cut(backend_id: u32) -> bool {
+    BACKENDS
+        .get(backend_id)
+        .is_some_and(|backend| backend.flags & BACKEND_CUT_FLOWS != 0)
+}
+
+#[inline(always)]
+fn is_new_syn(pkt: &Parsed) -> bool {
+    pkt.has_tcp_flag(TCP_SYN) && !pkt.has_tcp_flag(TCP_ACK)
+}
+
 #[inline(always)]
 fn timeouts() -> Timeouts {
     TIMEOUTS.get(0).copied().unwrap_or(Timeouts::DEFAULT)
@@ -114,7 +163,7 @@ fn is_live(flow: &Flow, pkt: &Parsed, timeouts: &Timeouts, now: u64) -> bool {
     if timeouts.expired(pkt.proto, flow.flags, flow.last_seen_ns, now) {
         return false;
     }
-    let new_syn = pkt.has_tcp_flag(TCP_SYN) && !pkt.has_tcp_flag(TCP_ACK);
+    let new_syn = is_new_syn(pkt);
     let closed = flow.flags & (FLOW_RST | FLOW_FIN_FROM_CLIENT | FLOW_FIN_FROM_BACKEND) != 0;
     !(new_syn && closed)
 }

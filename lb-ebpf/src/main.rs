@@ -26,6 +26,7 @@ mod forward;
 mod maps;
 mod nat;
 mod packet;
+mod reset;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{

@@ -5,6 +5,8 @@
 //! the library directly where they need the data plane's counters in-process.
 
 pub mod config;
+pub mod control;
 pub mod controller;
 pub mod dataplane;
+pub mod health;
 pub mod privileges;

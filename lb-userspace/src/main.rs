@@ -3,7 +3,7 @@
 use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use gerbang::{config::Config, controller};
+use gerbang::{config::Config, control::Request, controller, dataplane::AdminState};
 
 #[derive(Parser)]
 #[command(
@@ -21,10 +21,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the config, attach the XDP program and balance until SIGINT/SIGTERM.
+    /// Load the config, attach the XDP program and balance until stopped. SIGHUP reloads
+    /// the config; SIGTERM/SIGINT detach and stop; SIGUSR2 exits leaving the program
+    /// forwarding for the next gerbang to take over (restart, upgrade).
     Run {
         /// Configuration file.
-        #[arg(long, short, default_value = "/etc/gerbang/gerbang.toml")]
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Validate a configuration file and exit (no privileges needed).
@@ -32,7 +34,44 @@ enum Command {
         /// Configuration file.
         file: PathBuf,
     },
+    /// Take a backend out of rotation or put it back, in a running gerbang.
+    Backend {
+        #[arg(value_enum)]
+        action: BackendAction,
+        service: String,
+        backend: String,
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+    /// Make a running gerbang read its config file again (like SIGHUP, but reports errors).
+    Reload {
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
 }
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendAction {
+    /// No new flows; established flows continue.
+    Drain,
+    /// Out for maintenance: no new flows, established flows continue, checks keep running.
+    Maint,
+    /// Back in service.
+    Ready,
+}
+
+/// Where to find the running gerbang's control socket.
+#[derive(clap::Args)]
+struct SocketArgs {
+    /// The control socket (default: the one named in --config, else /run/gerbang/control.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Configuration file whose [control] socket to use.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+const DEFAULT_CONFIG: &str = "/etc/gerbang/gerbang.toml";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -46,6 +85,27 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(config),
         Command::CheckConfig { file } => check_config(file),
+        Command::Backend {
+            action,
+            service,
+            backend,
+            socket,
+        } => {
+            let state = match action {
+                BackendAction::Drain => AdminState::Drain,
+                BackendAction::Maint => AdminState::Maint,
+                BackendAction::Ready => AdminState::Ready,
+            };
+            send(
+                &socket,
+                &Request::SetAdmin {
+                    service,
+                    backend,
+                    state,
+                },
+            )
+        }
+        Command::Reload { socket } => send(&socket, &Request::Reload),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,6 +122,19 @@ fn run(config: PathBuf) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(controller::run(&config))
+}
+
+fn send(socket: &SocketArgs, request: &Request) -> anyhow::Result<()> {
+    let path = match (&socket.socket, &socket.config) {
+        (Some(path), _) => path.clone(),
+        (None, Some(config)) => Config::load(config)?.control.socket,
+        (None, None) => match Config::load(std::path::Path::new(DEFAULT_CONFIG)) {
+            Ok(config) => config.control.socket,
+            Err(_) => PathBuf::from(gerbang::config::ControlConfig::DEFAULT_SOCKET),
+        },
+    };
+    println!("{}", controller::send_command(&path, request)?);
+    Ok(())
 }
 
 fn check_config(file: PathBuf) -> anyhow::Result<()> {

@@ -8,13 +8,16 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+};
 
 use gerbang::{
     config::Config,
     dataplane::{
         Dataplane as _, Plan,
-        xdp::{BackgroundMaps, FlowSweeper, NextHopResolver, XdpDataplane},
+        xdp::{BackgroundMaps, FlowSweeper, NextHopResolver, XdpDataplane, kernel_timeouts},
     },
 };
 
@@ -126,6 +129,7 @@ fn namespace(forwarding: bool) -> Netns {
 /// map holds both interfaces. Must be created on a thread inside the namespace.
 struct Rig {
     dataplane: XdpDataplane,
+    timeouts: lb_common::Timeouts,
     sweeper: FlowSweeper,
     /// Taken by the test that runs a resolver.
     next_hops: Option<NextHopMap>,
@@ -140,12 +144,15 @@ impl Rig {
     fn new(config_text: &str) -> Rig {
         let config = Config::parse(config_text, "<packet test>").unwrap();
         let (mut dataplane, BackgroundMaps { sweeper, next_hops }) =
-            XdpDataplane::load(&config.dataplane, &config.timeouts).unwrap();
+            XdpDataplane::load(&config.dataplane, &config.timeouts, None).unwrap();
         dataplane
             .attach(&config.dataplane.interfaces, config.dataplane.attach)
             .unwrap();
-        dataplane.apply(&Plan::from_config(&config)).unwrap();
+        dataplane
+            .apply(&Plan::compute(&config, &BTreeMap::new()))
+            .unwrap();
         Rig {
+            timeouts: kernel_timeouts(&config.timeouts),
             dataplane,
             sweeper,
             next_hops: Some(next_hops),
@@ -614,11 +621,11 @@ fn idle_flows_expire_and_the_sweeper_frees_them() {
                 .1,
         );
         assert_eq!(first.dst, backend(0, 8080));
-        assert_eq!(rig.sweeper.sweep().unwrap().live, 1);
+        assert_eq!(rig.sweeper.sweep(&rig.timeouts).unwrap().live, 1);
 
         // Past the SYN timeout plus the sweeper's one-second margin.
         std::thread::sleep(std::time::Duration::from_millis(2200));
-        let report = rig.sweeper.sweep().unwrap();
+        let report = rig.sweeper.sweep(&rig.timeouts).unwrap();
         assert_eq!((report.live, report.expired), (0, 1));
 
         let again = checked(

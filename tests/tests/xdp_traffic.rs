@@ -36,8 +36,10 @@ fn config(
         ("stream", STREAM_PORT, STREAM_PORT, "tcp"),
         ("echo", 53, UDP_PORT, "udp"),
     ] {
+        // No health checks: these tests count every connection the backends see.
         text += &format!(
-            "\n[[service]]\nname = \"{name}\"\nlisten = \"{vip}:{port}\"\nprotocol = \"{protocol}\"\n"
+            "\n[[service]]\nname = \"{name}\"\nlisten = \"{vip}:{port}\"\nprotocol = \"{protocol}\"\n\
+             [service.check]\ntype = \"none\"\n"
         );
         for (i, addr) in backends.iter().enumerate() {
             text += &format!(

@@ -60,8 +60,8 @@ pub(super) fn field_at(root: &DeTable<'_>, offset: usize) -> String {
     found
 }
 
-/// The schema is four levels deep (`service[web].backend[web1].name`); anything deeper is
-/// already wrong at a level above, and stopping keeps hostile nesting off the stack.
+/// The schema is five levels deep (`service[web].backend[web1].check.port`); anything deeper
+/// is already wrong at a level above, and stopping keeps hostile nesting off the stack.
 const MAX_DEPTH: usize = 6;
 
 fn visit_table(table: &DeTable<'_>, prefix: &str, offset: usize, depth: usize, found: &mut String) {

@@ -25,6 +25,8 @@ pub(super) struct RawConfig {
     pub dataplane: Option<Spanned<Table<RawDataplane>>>,
     pub timeouts: Option<Spanned<Table<RawTimeouts>>>,
     pub service: Option<Spanned<Tables<RawService>>>,
+    pub control: Option<Spanned<Table<RawControl>>>,
+    pub vrrp: Option<Spanned<Tables<RawVrrp>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -35,6 +37,13 @@ pub(super) struct RawDataplane {
     pub snat_address: Leaf,
     pub snat_ports: Leaf,
     pub flow_table_size: Leaf,
+    pub pin_path: Leaf,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawControl {
+    pub socket: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -54,6 +63,8 @@ pub(super) struct RawService {
     pub protocol: Leaf,
     pub scheduler: Leaf,
     pub snat_address: Leaf,
+    pub on_backend_down: Leaf,
+    pub check: Option<Spanned<Table<RawCheck>>>,
     pub backend: Option<Spanned<Tables<RawBackend>>>,
 }
 
@@ -62,6 +73,88 @@ pub(super) struct RawService {
 pub(super) struct RawBackend {
     pub name: Leaf,
     pub address: Leaf,
+    pub weight: Leaf,
+    pub backup: Leaf,
+    pub check: Option<Spanned<Table<RawCheck>>>,
+}
+
+/// `[service.check]`, or a backend's `check`: the same keys, the backend's over the
+/// service's.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCheck {
+    #[serde(rename = "type")]
+    pub kind: Leaf,
+    pub interval: Leaf,
+    pub fast_interval: Leaf,
+    pub down_interval: Leaf,
+    pub timeout: Leaf,
+    pub fall: Leaf,
+    pub rise: Leaf,
+    pub port: Leaf,
+    pub address: Leaf,
+    pub path: Leaf,
+    pub host: Leaf,
+    pub expect_status: Leaf,
+    pub expect_body: Leaf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVrrp {
+    pub name: Leaf,
+    pub interface: Leaf,
+    pub virtual_router_id: Leaf,
+    pub priority: Leaf,
+    pub version: Leaf,
+    pub advert_interval: Leaf,
+    pub preempt: Leaf,
+    pub preempt_delay: Leaf,
+    pub virtual_addresses: Leaf,
+    pub unicast_source: Leaf,
+    pub unicast_peers: Leaf,
+    pub auth_password: Leaf,
+    pub garp_count: Leaf,
+    pub garp_interval: Leaf,
+    pub track_services: Option<Spanned<Tables<RawTrackService>>>,
+    pub track_interfaces: Option<Spanned<Tables<RawTrackInterface>>>,
+    pub track_script: Option<Spanned<Tables<RawTrackScript>>>,
+    pub notify: Option<Spanned<Table<RawNotify>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrackService {
+    pub service: Leaf,
+    pub weight: Leaf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrackInterface {
+    pub interface: Leaf,
+    pub weight: Leaf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrackScript {
+    pub name: Leaf,
+    pub command: Leaf,
+    pub interval: Leaf,
+    pub timeout: Leaf,
+    pub fall: Leaf,
+    pub rise: Leaf,
+    pub weight: Leaf,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    pub master: Leaf,
+    pub backup: Leaf,
+    pub fault: Leaf,
+    pub stop: Leaf,
 }
 
 /// Parses `text` into the schema's shape. Fails with one problem: the parser stops at the

@@ -4,11 +4,18 @@
 //! Each check returns `Checked<T>`: the value, or proof that a problem was recorded. A field
 //! that failed is simply left out of the checks that need it, so one mistake is reported
 //! once, where it was made, and not again by every rule that depends on it.
+//!
+//! Health checks (`check`) and VRRP instances (`vrrp`) have their own submodules.
+
+mod check;
+mod vrrp;
 
 use std::{
     collections::{HashMap, HashSet, hash_map::Entry},
+    fmt,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     ops::{Range, RangeInclusive},
+    path::{Component, Path, PathBuf},
     time::Duration,
 };
 
@@ -18,11 +25,15 @@ use lb_common::{
 };
 use toml::{Spanned, Value};
 
+use self::check::CheckLayer;
 use super::{
-    AttachMode, BackendConfig, Config, DataplaneConfig, FlowTimeouts, PortRange, Problem, Protocol,
-    Scheduler, ServiceConfig, duration,
+    AttachMode, BackendConfig, CheckConfig, Config, ControlConfig, DataplaneConfig, DownPolicy,
+    FlowTimeouts, PortRange, Problem, Protocol, Scheduler, ServiceConfig, VrrpConfig, duration,
     locate::{self, Lines},
-    raw::{Leaf, RawBackend, RawConfig, RawDataplane, RawService, RawTimeouts, Table, Tables},
+    raw::{
+        Leaf, RawBackend, RawConfig, RawControl, RawDataplane, RawService, RawTimeouts, Table,
+        Tables,
+    },
 };
 
 const MAX_NAME_LEN: usize = 64;
@@ -42,9 +53,20 @@ const SNAT_HELP: &str = "set dataplane.snat_address or service.snat_address: the
                          backends see as the source, an address of this host";
 const LISTEN_EXAMPLE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 10), 80);
 const BACKEND_EXAMPLE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 11), 8080);
+const ADDRESS_EXAMPLE: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 11);
+/// HAProxy's range of server weights.
+const WEIGHTS: RangeInclusive<u32> = 0..=256;
+const DEFAULT_WEIGHT: u32 = 1;
+/// Long enough for any sane bpffs directory, short enough to leave room under PATH_MAX for
+/// the names pinned in it.
+const MAX_PIN_PATH_LEN: usize = 200;
+/// `sun_path` holds 108 bytes, the last of them the terminating NUL.
+const MAX_SOCKET_PATH_LEN: usize = 107;
+/// Of a command run with `sh -c`.
+const MAX_COMMAND_LEN: usize = 4096;
 
-/// Whether `name` may name a service or a backend. Names end up in logs, metrics labels and
-/// field paths, hence the small character set.
+/// Whether `name` may name a service, a backend, a VRRP instance or a track script. Names
+/// end up in logs, metrics labels and field paths, hence the small character set.
 pub(super) fn is_valid_name(name: &str) -> bool {
     (1..=MAX_NAME_LEN).contains(&name.len())
         && name
@@ -61,8 +83,10 @@ pub(super) fn validate(raw: &RawConfig, text: &str) -> Result<Config, Vec<Proble
     };
     let dataplane = checker.dataplane(raw.dataplane.as_ref());
     let timeouts = checker.timeouts(raw.timeouts.as_ref());
-    let services = checker.services(raw.service.as_ref(), &dataplane);
-    let config = assemble(dataplane, timeouts, services);
+    let (services, known) = checker.services(raw.service.as_ref(), &dataplane);
+    let control = checker.control(raw.control.as_ref());
+    let vrrp = checker.vrrp(raw.vrrp.as_ref(), &known);
+    let config = assemble(dataplane, timeouts, services, control, vrrp);
     let mut problems = checker.problems;
     match config {
         Ok(config) if problems.is_empty() => Ok(config),
@@ -79,6 +103,8 @@ fn assemble(
     dataplane: DataplaneDraft,
     timeouts: Checked<FlowTimeouts>,
     services: Checked<Vec<ServiceConfig>>,
+    control: Checked<ControlConfig>,
+    vrrp: Checked<Vec<VrrpConfig>>,
 ) -> Checked<Config> {
     Ok(Config {
         dataplane: DataplaneConfig {
@@ -86,9 +112,12 @@ fn assemble(
             attach: dataplane.attach?,
             snat_ports: dataplane.snat_ports?,
             flow_table_size: dataplane.flow_table_size?,
+            pin_path: dataplane.pin_path?,
         },
         timeouts: timeouts?,
         services: services?,
+        control: control?,
+        vrrp: vrrp?,
     })
 }
 
@@ -114,6 +143,7 @@ struct DataplaneDraft {
     snat: Checked<Option<Snat>>,
     snat_ports: Checked<PortRange>,
     flow_table_size: Checked<u32>,
+    pin_path: Checked<PathBuf>,
 }
 
 /// One `[[service]]`, checked field by field; the checks across services read it.
@@ -126,6 +156,8 @@ struct ServiceDraft {
     protocol: Checked<Protocol>,
     scheduler: Checked<Scheduler>,
     snat: Checked<Snat>,
+    on_backend_down: Checked<DownPolicy>,
+    check: Checked<CheckConfig>,
     backends: Checked<Vec<BackendConfig>>,
 }
 
@@ -137,8 +169,72 @@ impl ServiceDraft {
             protocol: self.protocol?,
             scheduler: self.scheduler?,
             snat_address: self.snat?.address,
+            on_backend_down: self.on_backend_down?,
+            check: self.check?,
             backends: self.backends?,
         })
+    }
+}
+
+/// One `[[service.backend]]`, checked field by field.
+struct BackendDraft {
+    name: Checked<Spanned<String>>,
+    address: Checked<Spanned<SocketAddrV4>>,
+    weight: Checked<u32>,
+    backup: Checked<bool>,
+    check: Checked<CheckConfig>,
+}
+
+impl BackendDraft {
+    fn build(self) -> Checked<BackendConfig> {
+        Ok(BackendConfig {
+            name: self.name?.into_inner(),
+            address: self.address?.into_inner(),
+            weight: self.weight?,
+            backup: self.backup?,
+            check: self.check?,
+        })
+    }
+}
+
+/// The services a VRRP instance may track: those whose names passed their checks.
+struct KnownServices {
+    names: HashSet<String>,
+    /// The names as a problem lists them: sorted, quoted, the first few only.
+    listing: String,
+    /// Set when a service's name failed its checks: a name missing from `names` may be that
+    /// one, and is not reported again.
+    unnamed: Option<Reported>,
+}
+
+impl KnownServices {
+    /// How many names a problem lists before "and N more".
+    const LISTED: usize = 10;
+
+    fn new(drafts: &[ServiceDraft]) -> Self {
+        let names: HashSet<String> = drafts
+            .iter()
+            .filter_map(|draft| draft.name.as_ref().ok())
+            .map(|name| name.get_ref().clone())
+            .collect();
+        let mut sorted: Vec<&str> = names.iter().map(String::as_str).collect();
+        sorted.sort_unstable();
+        let mut listing = sorted
+            .iter()
+            .take(Self::LISTED)
+            .map(|name| format!("{name:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if sorted.len() > Self::LISTED {
+            listing.push_str(&format!(" and {} more", sorted.len() - Self::LISTED));
+        }
+        Self {
+            listing,
+            unnamed: drafts
+                .iter()
+                .find_map(|draft| draft.name.as_ref().err().copied()),
+            names,
+        }
     }
 }
 
@@ -243,7 +339,69 @@ impl Checker<'_> {
             },
             snat_ports: self.snat_ports(&table.snat_ports),
             flow_table_size: self.flow_table_size(&table.flow_table_size),
+            pin_path: self.path(
+                &table.pin_path,
+                "dataplane.pin_path",
+                PathRule {
+                    default: DataplaneConfig::DEFAULT_PIN_PATH,
+                    what: "a directory under a bpffs mount",
+                    max_len: MAX_PIN_PATH_LEN,
+                    why_max: "",
+                    parent_allowed: false,
+                },
+            ),
         }
+    }
+
+    fn control(&mut self, raw: Option<&Spanned<Table<RawControl>>>) -> Checked<ControlConfig> {
+        let absent = RawControl::default();
+        let table = raw.map_or(&absent, |table| &**table.get_ref());
+        let socket = self.path(
+            &table.socket,
+            "control.socket",
+            PathRule {
+                default: ControlConfig::DEFAULT_SOCKET,
+                what: "the path of a Unix socket",
+                max_len: MAX_SOCKET_PATH_LEN,
+                why_max: ", what a Unix socket address holds",
+                parent_allowed: true,
+            },
+        )?;
+        Ok(ControlConfig { socket })
+    }
+
+    /// A filesystem path, `rule.default` when absent.
+    fn path(&mut self, leaf: &Leaf, field: &str, rule: PathRule) -> Checked<PathBuf> {
+        let Some(value) = leaf else {
+            return Ok(PathBuf::from(rule.default));
+        };
+        let expected = format!("an absolute path such as {:?}", rule.default);
+        let text = self.string(value, field, &expected)?;
+        let problem = if !text.starts_with('/') {
+            format!(
+                "{text:?} is not an absolute path: give {}, starting with '/', such as {:?} (the \
+                 default)",
+                rule.what, rule.default
+            )
+        } else if let Some(c) = text.chars().find(|c| c.is_control()) {
+            format!("{text:?} contains {c:?}: a path cannot contain control characters")
+        } else if text.len() > rule.max_len {
+            format!(
+                "path is {} bytes long: at most {}{}",
+                text.len(),
+                rule.max_len,
+                rule.why_max
+            )
+        } else if !rule.parent_allowed
+            && Path::new(text)
+                .components()
+                .any(|part| part == Component::ParentDir)
+        {
+            format!("{text:?} has a \"..\" component: give the path without it")
+        } else {
+            return Ok(PathBuf::from(text));
+        };
+        Err(self.report(Some(value.span()), field, problem))
     }
 
     fn interfaces(&mut self, leaf: &Leaf, table: Option<Range<usize>>) -> Checked<Vec<String>> {
@@ -370,9 +528,13 @@ impl Checker<'_> {
     }
 
     fn duration(&mut self, leaf: &Leaf, field: &str, default: Duration) -> Checked<Duration> {
-        let Some(value) = leaf else {
-            return Ok(default);
-        };
+        match leaf {
+            Some(value) => self.duration_value(value, field),
+            None => Ok(default),
+        }
+    }
+
+    fn duration_value(&mut self, value: &Spanned<Value>, field: &str) -> Checked<Duration> {
         if let Value::Integer(n) = value.get_ref() {
             let message = format!(
                 "expected a duration with a unit, such as \"{n}s\", found the bare number {n}"
@@ -384,17 +546,131 @@ impl Checker<'_> {
             .map_err(|error| self.report(Some(value.span()), field, error.to_string()))
     }
 
+    /// A duration that may be zero (`"0s"`, "not at all"), `default` when absent.
+    fn duration_or_zero(
+        &mut self,
+        leaf: &Leaf,
+        field: &str,
+        default: Duration,
+    ) -> Checked<Duration> {
+        let Some(value) = leaf else {
+            return Ok(default);
+        };
+        match value.get_ref() {
+            Value::String(text)
+                if matches!(duration::parse(text), Err(duration::DurationError::Zero(_))) =>
+            {
+                Ok(Duration::ZERO)
+            }
+            _ => self.duration_value(value, field),
+        }
+    }
+
+    /// A whole number within `range`; `what` names it when it is not a number, and
+    /// `default`, when there is one, is shown with what is allowed.
+    fn number<T>(
+        &mut self,
+        value: &Spanned<Value>,
+        field: &str,
+        range: RangeInclusive<T>,
+        what: &str,
+        default: Option<T>,
+    ) -> Checked<T>
+    where
+        T: TryFrom<i64> + PartialOrd + fmt::Display + Copy,
+    {
+        let mut allowed = format!("allowed {} to {}", range.start(), range.end());
+        if let Some(default) = default {
+            allowed.push_str(&format!(" (default {default})"));
+        }
+        let message = match value.get_ref() {
+            Value::Integer(n) => match T::try_from(*n) {
+                Ok(number) if range.contains(&number) => return Ok(number),
+                _ => format!("{n} is out of range: {allowed}"),
+            },
+            other => format!("expected {what}, found {}: {allowed}", describe(other)),
+        };
+        Err(self.report(Some(value.span()), field, message))
+    }
+
+    /// [`Self::number`] for a key that may be absent.
+    fn optional_number<T>(
+        &mut self,
+        leaf: &Leaf,
+        field: &str,
+        range: RangeInclusive<T>,
+        what: &str,
+        default: T,
+    ) -> Checked<T>
+    where
+        T: TryFrom<i64> + PartialOrd + fmt::Display + Copy,
+    {
+        match leaf {
+            Some(value) => self.number(value, field, range, what, Some(default)),
+            None => Ok(default),
+        }
+    }
+
+    fn boolean(&mut self, leaf: &Leaf, field: &str, default: bool) -> Checked<bool> {
+        match leaf.as_ref().map(|value| (value, value.get_ref())) {
+            None => Ok(default),
+            Some((_, Value::Boolean(b))) => Ok(*b),
+            Some((value, other)) => {
+                let message = format!(
+                    "expected true or false, found {} (default {default})",
+                    describe(other)
+                );
+                Err(self.report(Some(value.span()), field, message))
+            }
+        }
+    }
+
+    /// An IPv4 address that may be a backend's: not 0.0.0.0, loopback, multicast or
+    /// broadcast.
+    fn ipv4(&mut self, value: &Spanned<Value>, field: &str) -> Checked<Ipv4Addr> {
+        let text = self.string(
+            value,
+            field,
+            &format!("an IPv4 address such as \"{ADDRESS_EXAMPLE}\""),
+        )?;
+        ipv4_address(text).map_err(|message| self.report(Some(value.span()), field, message))
+    }
+
+    /// A command run with `sh -c`.
+    fn command(&mut self, value: &Spanned<Value>, field: &str) -> Checked<String> {
+        let text = self.string(value, field, "a command for sh -c, as a string")?;
+        let problem = if text.trim().is_empty() {
+            "empty: give a command for sh -c, or remove the key".to_owned()
+        } else if text.len() > MAX_COMMAND_LEN {
+            format!(
+                "command is {} bytes long: at most {MAX_COMMAND_LEN}; put a longer one in a script",
+                text.len()
+            )
+        } else if text.contains('\0') {
+            "contains a NUL character, which no command line can hold".to_owned()
+        } else {
+            return Ok(text.to_owned());
+        };
+        Err(self.report(Some(value.span()), field, problem))
+    }
+
     fn services(
         &mut self,
         raw: Option<&Spanned<Tables<RawService>>>,
         dataplane: &DataplaneDraft,
-    ) -> Checked<Vec<ServiceConfig>> {
+    ) -> (Checked<Vec<ServiceConfig>>, KnownServices) {
         let list = match raw {
             Some(list) if !list.get_ref().is_empty() => list,
             other => {
                 let message = "no services: add at least one [[service]] with a name, a listen \
                                address and at least one [[service.backend]]";
-                return Err(self.report(other.map(Spanned::span), "service", message));
+                let reported = self.report(other.map(Spanned::span), "service", message);
+                let known = KnownServices {
+                    names: HashSet::new(),
+                    listing: String::new(),
+                    unnamed: None,
+                };
+                return (Err(reported), known);
             }
         };
         let mut total_backends = 0;
@@ -416,7 +692,9 @@ impl Checker<'_> {
         // rejected anyway, and a hostile one must not cost quadratic time.
         let within_limit = &drafts[..drafts.len().min(MAX_SERVICES as usize)];
         self.snat_port_collisions(within_limit, dataplane.snat_ports);
-        drafts.into_iter().map(ServiceDraft::build).collect()
+        let known = KnownServices::new(&drafts);
+        let services = drafts.into_iter().map(ServiceDraft::build).collect();
+        (services, known)
     }
 
     fn service(
@@ -460,7 +738,24 @@ impl Checker<'_> {
             // An invalid dataplane.snat_address has been reported where it is.
             (None, Err(reported)) => Err(*reported),
         };
-        let backends = self.backends(&path, raw, &header, total_backends);
+        let on_backend_down = self.choice(
+            &raw.on_backend_down,
+            &field("on_backend_down"),
+            &DownPolicy::ALL,
+            DownPolicy::as_str,
+        );
+        let check_layer = self.check_layer(raw.check.as_ref(), field("check"), None);
+        // An invalid protocol has been reported; its checks are judged as a TCP service's.
+        let checked_as = protocol.unwrap_or(Protocol::Tcp);
+        let check = check::resolve(&[&check_layer], checked_as);
+        let backends = self.backends(
+            &path,
+            raw,
+            &header,
+            &check_layer,
+            checked_as,
+            total_backends,
+        );
         ServiceDraft {
             path,
             header,
@@ -469,6 +764,8 @@ impl Checker<'_> {
             protocol,
             scheduler,
             snat,
+            on_backend_down,
+            check,
             backends,
         }
     }
@@ -511,6 +808,8 @@ impl Checker<'_> {
         service: &str,
         raw: &RawService,
         header: &Range<usize>,
+        service_check: &CheckLayer,
+        protocol: Protocol,
         total: &mut usize,
     ) -> Checked<Vec<BackendConfig>> {
         let array = format!("{service}.backend");
@@ -588,13 +887,32 @@ impl Checker<'_> {
                     }
                 }
             }
-            backends.push(match (name, address) {
-                (Ok(name), Ok(address)) => Ok(BackendConfig {
-                    name: name.into_inner(),
-                    address: address.into_inner(),
-                }),
-                (Err(reported), _) | (_, Err(reported)) => Err(reported),
-            });
+            let weight = self.optional_number(
+                &raw.weight,
+                &format!("{path}.weight"),
+                WEIGHTS,
+                "a whole number",
+                DEFAULT_WEIGHT,
+            );
+            let backup = self.boolean(&raw.backup, &format!("{path}.backup"), false);
+            let check = match &raw.check {
+                Some(own) => {
+                    let layer =
+                        self.check_layer(Some(own), format!("{path}.check"), Some(service_check));
+                    check::resolve(&[&layer, service_check], protocol)
+                }
+                None => check::resolve(&[service_check], protocol),
+            };
+            backends.push(
+                BackendDraft {
+                    name,
+                    address,
+                    weight,
+                    backup,
+                    check,
+                }
+                .build(),
+            );
         }
         backends.into_iter().collect()
     }
@@ -764,6 +1082,35 @@ fn check_unicast(address: Ipv4Addr) -> Result<(), String> {
         return Ok(());
     };
     Err(format!("{address} is {kind}: {UNICAST_RULE}"))
+}
+
+/// What [`Checker::path`] accepts.
+struct PathRule {
+    default: &'static str,
+    /// What the path names, for "give {what}".
+    what: &'static str,
+    max_len: usize,
+    /// Why `max_len`, appended to "at most {max_len}".
+    why_max: &'static str,
+    /// Whether `..` may appear.
+    parent_allowed: bool,
+}
+
+/// An IPv4 address that may be a backend's.
+fn ipv4_address(text: &str) -> Result<Ipv4Addr, String> {
+    match text.parse::<Ipv4Addr>() {
+        Ok(address) => check_unicast(address).map(|()| address),
+        Err(_) if text.parse::<SocketAddrV4>().is_ok() => Err(format!(
+            "{text:?} has a port: expected an address only, such as {ADDRESS_EXAMPLE}"
+        )),
+        Err(_) if text.parse::<Ipv6Addr>().is_ok() => Err(format!(
+            "invalid address {text:?}: IPv6 is not supported yet; expected an IPv4 address such \
+             as {ADDRESS_EXAMPLE}"
+        )),
+        Err(_) => Err(format!(
+            "invalid address {text:?}: expected an IPv4 address such as {ADDRESS_EXAMPLE}"
+        )),
+    }
 }
 
 /// An `IPv4:port` address; `example` shapes the suggestion when it is not one.

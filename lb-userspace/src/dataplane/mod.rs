@@ -6,9 +6,12 @@
 //! [`Dataplane`] contract, so the two cannot drift apart.
 
 pub mod plan;
+pub mod proxy;
 pub mod xdp;
 
-pub use plan::{BackendPlan, Plan, ServicePlan};
+pub use plan::{
+    AdminState, BackendKey, BackendPlan, BackendState, BackendStatus, Plan, ServicePlan,
+};
 
 /// A data plane that forwards according to a [`Plan`].
 pub trait Dataplane {

@@ -2,24 +2,29 @@
 //! the real binary under `ip netns exec`.
 
 use std::{
-    path::PathBuf,
-    sync::mpsc as std_mpsc,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc as std_mpsc,
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use gerbang::{
     config::Config,
-    controller::Controller,
-    dataplane::xdp::{SweepReport, TrafficReport},
+    controller::{Controller, Status, StopMode},
+    dataplane::{AdminState, xdp::TrafficReport},
 };
 use gerbang_testbed::{Netns, NsThread};
 use tokio::sync::{mpsc, oneshot};
 
 enum Request {
     Traffic(oneshot::Sender<Result<TrafficReport>>),
-    Sweep(oneshot::Sender<SweepReport>),
-    Stop,
+    Status(oneshot::Sender<Result<Status>>),
+    Reload(oneshot::Sender<Result<String>>),
+    SetAdmin(String, String, AdminState, oneshot::Sender<Result<String>>),
+    Stop(StopMode),
 }
 
 /// A [`Controller`] running on a thread inside a namespace, with its own runtime.
@@ -30,8 +35,20 @@ pub struct InProcess {
 
 impl InProcess {
     /// Parses `config` and starts a controller in `ns`; returns once its services are live.
+    /// The test gets its own pin directory and control socket (see [`isolate`]).
     pub fn start(ns: &Netns, config: &str) -> Result<InProcess> {
-        let config = Config::parse(config, "<test config>")?;
+        let text = isolate(config);
+        let config = Config::parse(&text, "<test config>")?;
+        Self::start_parsed(ns, config, None)
+    }
+
+    /// Starts from a file, which reloads read again; the file should come from [`isolate`].
+    pub fn start_file(ns: &Netns, path: &Path) -> Result<InProcess> {
+        let config = Config::load(path)?;
+        Self::start_parsed(ns, config, Some(path.to_path_buf()))
+    }
+
+    fn start_parsed(ns: &Netns, config: Config, path: Option<PathBuf>) -> Result<InProcess> {
         let (requests, mut inbox) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
         let thread = ns.spawn_thread("gerbang", move || -> Result<()> {
@@ -39,7 +56,7 @@ impl InProcess {
                 .enable_all()
                 .build()?;
             runtime.block_on(async move {
-                let controller = match Controller::start(&config).await {
+                let controller = match Controller::start(config, path.as_deref()).await {
                     Ok(controller) => {
                         let _ = ready_tx.send(Ok(()));
                         controller
@@ -49,18 +66,29 @@ impl InProcess {
                         return Ok(());
                     }
                 };
+                let mut mode = StopMode::Detach;
                 while let Some(request) = inbox.recv().await {
                     match request {
                         Request::Traffic(reply) => {
-                            let _ = reply.send(controller.traffic());
+                            let _ = reply.send(controller.traffic().await);
                         }
-                        Request::Sweep(reply) => {
-                            let _ = reply.send(controller.last_sweep());
+                        Request::Status(reply) => {
+                            let _ = reply.send(controller.status().await);
                         }
-                        Request::Stop => break,
+                        Request::Reload(reply) => {
+                            let _ = reply.send(controller.reload().await);
+                        }
+                        Request::SetAdmin(service, backend, state, reply) => {
+                            let _ =
+                                reply.send(controller.set_admin(&service, &backend, state).await);
+                        }
+                        Request::Stop(how) => {
+                            mode = how;
+                            break;
+                        }
                     }
                 }
-                controller.stop().await
+                controller.stop(mode).await
             })
         })?;
         ready_rx
@@ -72,36 +100,101 @@ impl InProcess {
         })
     }
 
-    pub fn traffic(&self) -> TrafficReport {
+    fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> T {
         let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::Traffic(reply)).unwrap();
-        answer.blocking_recv().unwrap().unwrap()
+        self.requests
+            .send(make(reply))
+            .expect("controller thread alive");
+        answer.blocking_recv().expect("controller answered")
     }
 
-    pub fn last_sweep(&self) -> SweepReport {
-        let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::Sweep(reply)).unwrap();
-        answer.blocking_recv().unwrap()
+    pub fn traffic(&self) -> TrafficReport {
+        self.ask(Request::Traffic).unwrap()
+    }
+
+    pub fn status(&self) -> Status {
+        self.ask(Request::Status).unwrap()
+    }
+
+    pub fn reload(&self) -> Result<String> {
+        self.ask(Request::Reload)
+    }
+
+    pub fn set_admin(&self, service: &str, backend: &str, state: AdminState) -> Result<String> {
+        self.ask(|reply| Request::SetAdmin(service.into(), backend.into(), state, reply))
     }
 
     /// Stops the controller (detaching the program) and waits for it.
     pub fn stop(mut self) -> Result<()> {
-        self.shutdown()
+        self.shutdown(StopMode::Detach)
     }
 
-    fn shutdown(&mut self) -> Result<()> {
+    /// Stops the controller but leaves the program forwarding, as SIGUSR2 does.
+    pub fn stop_keep_forwarding(mut self) -> Result<()> {
+        self.shutdown(StopMode::KeepForwarding)
+    }
+
+    fn shutdown(&mut self, mode: StopMode) -> Result<()> {
         let Some(thread) = self.thread.take() else {
             return Ok(());
         };
-        let _ = self.requests.send(Request::Stop);
+        let _ = self.requests.send(Request::Stop(mode));
         thread.join_timeout(Duration::from_secs(10))?
     }
 }
 
 impl Drop for InProcess {
     fn drop(&mut self) {
-        let _ = self.shutdown();
+        let _ = self.shutdown(StopMode::Detach);
     }
+}
+
+/// A bpffs mounted outside /sys, so that pins made by a gerbang under `ip netns exec`
+/// (which remounts /sys privately) outlive it, as a restart test needs.
+const TEST_BPFFS: &str = "/run/gerbang-test-bpf";
+
+static NEXT_ISOLATION: AtomicU32 = AtomicU32::new(0);
+
+/// `config` with a pin directory and a control socket of its own, so tests running at the
+/// same time never share them. Both go under directories that are removed with the
+/// namespace-free state of the test (pins are removed by a detaching stop).
+pub fn isolate(config: &str) -> String {
+    let dir = test_dir();
+    let pin = Path::new(TEST_BPFFS).join(dir.file_name().unwrap());
+    let socket = dir.join("control.sock");
+    let config = config.replacen(
+        "[dataplane]\n",
+        &format!("[dataplane]\npin_path = \"{}\"\n", pin.display()),
+        1,
+    );
+    format!("{config}\n[control]\nsocket = \"{}\"\n", socket.display())
+}
+
+/// A directory unique to this call under /run.
+fn test_dir() -> PathBuf {
+    mount_test_bpffs();
+    let n = NEXT_ISOLATION.fetch_add(1, Ordering::Relaxed);
+    let dir = PathBuf::from(format!("/run/gerbang-test/{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating a test directory");
+    dir
+}
+
+fn mount_test_bpffs() {
+    static MOUNTED: std::sync::Once = std::sync::Once::new();
+    MOUNTED.call_once(|| {
+        std::fs::create_dir_all(TEST_BPFFS).expect("creating the test bpffs mount point");
+        let mounted = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .any(|line| line.split_whitespace().nth(1) == Some(TEST_BPFFS));
+        if !mounted {
+            let status = std::process::Command::new("mount")
+                .args(["-t", "bpf", "bpf", TEST_BPFFS])
+                .status()
+                .expect("running mount");
+            assert!(status.success(), "mounting bpffs on {TEST_BPFFS}");
+        }
+    });
 }
 
 /// The `gerbang` binary under test: `$GERBANG_BIN` (set by `cargo xtask test`), else the

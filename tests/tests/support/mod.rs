@@ -4,4 +4,5 @@
 
 pub mod frames;
 pub mod gerbang;
+pub mod proxy;
 pub mod tempdir;

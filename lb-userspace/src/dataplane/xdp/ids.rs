@@ -42,6 +42,11 @@ impl IdPool {
     pub fn release(&mut self, id: u32) {
         self.quarantined.push(id);
     }
+
+    /// Marks `id` as taken (by state a previous run left in the maps).
+    pub fn claim(&mut self, id: u32) {
+        self.free.remove(&id);
+    }
 }
 
 #[cfg(test)]

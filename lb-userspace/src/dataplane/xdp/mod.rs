@@ -9,6 +9,7 @@ mod attach;
 mod counters;
 mod ids;
 mod nexthop;
+mod pin;
 mod rcu;
 mod ring;
 mod sweeper;
@@ -22,14 +23,16 @@ use aya::{
     maps::{Array, DevMapHash, HashMap, Map, MapData},
     programs::{ProgramError, TestRun as _, TestRunOptions, Xdp},
 };
-use lb_common::{Event, NextHop, Timeouts, TrafficCounters, XDP_PROGRAM, map_names};
+use lb_common::{Event, Flow, FlowKey, NextHop, Timeouts, TrafficCounters, XDP_PROGRAM, map_names};
+use tracing::{info, warn};
 
 pub use self::{
     attach::{Attachment, mode_name},
     nexthop::NextHopResolver,
+    pin::PinDir,
     sweeper::{FlowSweeper, SweepReport},
 };
-use self::{counters::CounterMaps, tables::Tables};
+use self::{counters::CounterMaps, pin::PINNED_MAPS, tables::Tables};
 use crate::{
     config::{AttachMode, DataplaneConfig, FlowTimeouts},
     dataplane::{Dataplane, Plan},
@@ -43,8 +46,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb
 /// Dropping it detaches the program from every interface.
 pub struct XdpDataplane {
     tables: Tables,
+    timeouts: Array<MapData, Timeouts>,
     devices: DevMapHash<MapData>,
     attachments: Vec<Attachment>,
+    pins: Option<PinDir>,
     /// Owns the program and its links; declared last so it is dropped last.
     ebpf: Ebpf,
 }
@@ -97,11 +102,15 @@ impl ServiceTraffic {
 }
 
 impl XdpDataplane {
-    /// Loads the program and prepares its maps, attached nowhere yet. No service is live
-    /// until [`Dataplane::apply`]; until then every packet passes untouched.
+    /// Loads the program and prepares its maps, attached nowhere yet. No new service is
+    /// live until [`Dataplane::apply`].
+    ///
+    /// With `pins`, the maps are pinned there, or taken over if a previous run pinned them:
+    /// its flows, counters and services carry on (see [`PinDir`]).
     pub fn load(
         config: &DataplaneConfig,
         timeouts: &FlowTimeouts,
+        pins: Option<PinDir>,
     ) -> Result<(Self, BackgroundMaps)> {
         if OBJECT.is_empty() {
             bail!(
@@ -109,11 +118,19 @@ impl XdpDataplane {
                  build it with `cargo xtask build` on a machine with the eBPF toolchain"
             );
         }
-        let mut ebpf = EbpfLoader::new()
+        let adopting = pins.as_ref().is_some_and(PinDir::has_maps);
+        let pin_paths: Vec<(&str, std::path::PathBuf)> = pins
+            .iter()
+            .flat_map(|pins| PINNED_MAPS.iter().map(move |name| (*name, pins.map(name))))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(map_names::FLOWS, config.flow_table_size)
-            .map_max_entries(map_names::NAT_RETURN, config.flow_table_size)
-            .load(OBJECT)
-            .map_err(|err| kernel_refused(&err))?;
+            .map_max_entries(map_names::NAT_RETURN, config.flow_table_size);
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|err| kernel_refused(&err))?;
 
         let timeouts = kernel_timeouts(timeouts);
         let mut timeouts_map: Array<MapData, Timeouts> = take_map(&mut ebpf, map_names::TIMEOUTS)?;
@@ -128,7 +145,7 @@ impl XdpDataplane {
             take_map(&mut ebpf, map_names::SERVICE_STATS)?,
             take_map(&mut ebpf, map_names::BACKEND_STATS)?,
         );
-        let tables = Tables::new(
+        let mut tables = Tables::new(
             counters,
             take_map(&mut ebpf, map_names::SERVICES)?,
             take_map(&mut ebpf, map_names::LOCAL_ADDRS)?,
@@ -136,28 +153,58 @@ impl XdpDataplane {
             take_map(&mut ebpf, map_names::RINGS)?,
             take_map(&mut ebpf, map_names::BACKENDS)?,
         );
+        let flows: HashMap<MapData, FlowKey, Flow> = take_map(&mut ebpf, map_names::FLOWS)?;
+        if adopting {
+            warn_on_resize(&flows, config.flow_table_size);
+            let services = tables.adopt()?;
+            info!(
+                services,
+                "took over the maps of the previous run: flows carry on"
+            );
+        }
         let background = BackgroundMaps {
-            sweeper: FlowSweeper::new(
-                take_map(&mut ebpf, map_names::FLOWS)?,
-                take_map(&mut ebpf, map_names::NAT_RETURN)?,
-                timeouts,
-            ),
+            sweeper: FlowSweeper::new(flows, take_map(&mut ebpf, map_names::NAT_RETURN)?),
             next_hops: take_map(&mut ebpf, map_names::NEXT_HOPS)?,
         };
         let dataplane = Self {
             tables,
+            timeouts: timeouts_map,
             devices: take_map(&mut ebpf, map_names::DEVICES)?,
             attachments: Vec::new(),
+            pins,
             ebpf,
         };
         Ok((dataplane, background))
     }
 
-    /// Attaches the program to `interfaces` and lets it redirect between them.
+    /// Makes the program attached to exactly `interfaces` and lets it redirect between
+    /// them: attaches where it is missing, detaches where it is no longer wanted (also
+    /// attachments a previous run pinned).
     pub fn attach(&mut self, interfaces: &[String], mode: AttachMode) -> Result<()> {
+        let unwanted: Vec<String> = self
+            .attachments
+            .iter()
+            .map(|a| a.interface.clone())
+            .filter(|name| !interfaces.contains(name))
+            .collect();
+        for interface in unwanted {
+            self.detach(&interface)?;
+            info!(%interface, "detached: no longer in dataplane.interfaces");
+        }
+        if let Some(pins) = &self.pins {
+            for stale in pins.pinned_links()? {
+                if !interfaces.contains(&stale) {
+                    std::fs::remove_file(pins.link(&stale))?;
+                    info!(interface = %stale, "detached: no longer in dataplane.interfaces");
+                }
+            }
+        }
         let program = program_mut(&mut self.ebpf)?;
         for interface in interfaces {
-            let attachment = attach::attach_one(program, interface, mode)?;
+            if self.attachments.iter().any(|a| &a.interface == interface) {
+                continue;
+            }
+            let attachment = attach::attach(program, interface, mode, self.pins.as_ref())?;
             self.devices
                 .insert(attachment.ifindex, attachment.ifindex, None, 0)
                 .with_context(|| format!("adding {interface} to the redirect map"))?;
@@ -193,8 +240,54 @@ impl XdpDataplane {
         Ok((result.return_value, out))
     }
 
+    /// Makes the program (and callers of [`FlowSweeper::sweep`] with the result) age flows
+    /// by `timeouts`.
+    pub fn set_timeouts(&mut self, timeouts: &FlowTimeouts) -> Result<Timeouts> {
+        let timeouts = kernel_timeouts(timeouts);
+        self.timeouts.set(0, timeouts, 0)?;
+        Ok(timeouts)
+    }
+
+    /// Detaches the program from `interface` (removed from the configuration by a reload).
+    pub fn detach(&mut self, interface: &str) -> Result<()> {
+        if let Some(index) = self
+            .attachments
+            .iter()
+            .position(|a| a.interface == interface)
+        {
+            let attachment = self.attachments.remove(index);
+            let _ = self.devices.remove(attachment.ifindex);
+            attachment.release(true)?;
+        }
+        Ok(())
+    }
+
     pub fn attachments(&self) -> &[Attachment] {
         &self.attachments
+    }
+
+    /// Stops: with `detach`, detaches the program everywhere and removes every pin (the next
+    /// start is a cold one); without, leaves it attached and forwarding from the pinned
+    /// maps for the next controller to take over.
+    pub fn close(self, detach: bool) -> Result<()> {
+        let Self {
+            tables,
+            timeouts,
+            devices,
+            attachments,
+            pins,
+            ebpf,
+        } = self;
+        for attachment in attachments {
+            attachment.release(detach)?;
+        }
+        if detach {
+            if let Some(pins) = &pins {
+                pins.remove_all()?;
+            }
+        }
+        drop((tables, timeouts, devices, ebpf));
+        Ok(())
     }
 
     /// The counters of every installed service and backend, summed over CPUs.
@@ -236,7 +329,8 @@ impl Dataplane for XdpDataplane {
     }
 }
 
-fn kernel_timeouts(timeouts: &FlowTimeouts) -> Timeouts {
+/// The XDP program's form of the configured timeouts.
+pub fn kernel_timeouts(timeouts: &FlowTimeouts) -> Timeouts {
     let ns = |d: std::time::Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
     Timeouts {
         tcp_syn_ns: ns(timeouts.tcp_syn),
@@ -251,6 +345,19 @@ fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         .program_mut(XDP_PROGRAM)
         .ok_or_else(|| anyhow!("the XDP object has no program {XDP_PROGRAM}"))?
         .try_into()?)
+}
+
+fn warn_on_resize(flows: &HashMap<MapData, FlowKey, Flow>, wanted: u32) {
+    if let Ok(info) = aya::maps::IterableMap::map(flows).info() {
+        if info.max_entries() != wanted {
+            warn!(
+                kept = info.max_entries(),
+                configured = wanted,
+                "dataplane.flow_table_size changed: the running table is kept so no flow is \
+                 lost; stop gerbang (SIGTERM) and start it again to resize"
+            );
+        }
+    }
 }
 
 /// Takes a map out of the object, typed.

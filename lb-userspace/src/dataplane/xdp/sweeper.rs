@@ -19,7 +19,6 @@ const SWEEP_MARGIN: Duration = Duration::from_secs(1);
 pub struct FlowSweeper {
     flows: HashMap<MapData, FlowKey, Flow>,
     nat_return: HashMap<MapData, FlowKey, FlowKey>,
-    timeouts: Timeouts,
 }
 
 /// What one sweep found.
@@ -35,16 +34,13 @@ impl FlowSweeper {
     pub fn new(
         flows: HashMap<MapData, FlowKey, Flow>,
         nat_return: HashMap<MapData, FlowKey, FlowKey>,
-        timeouts: Timeouts,
     ) -> Self {
-        Self {
-            flows,
-            nat_return,
-            timeouts,
-        }
+        Self { flows, nat_return }
     }
 
-    pub fn sweep(&mut self) -> Result<SweepReport> {
+    /// Removes the flows idle for longer than `timeouts` allow (the same timeouts the XDP
+    /// program applies), and return entries left without their flow.
+    pub fn sweep(&mut self, timeouts: &Timeouts) -> Result<SweepReport> {
         let mut report = SweepReport::default();
         let now = monotonic_ns()?;
         let margin = SWEEP_MARGIN.as_nanos() as u64;
@@ -54,7 +50,7 @@ impl FlowSweeper {
             let Some(flow) = ignore_missing(self.flows.get(&key, 0))? else {
                 continue;
             };
-            let expired = self.timeouts.expired(
+            let expired = timeouts.expired(
                 key.proto,
                 flow.flags,
                 flow.last_seen_ns.saturating_add(margin),

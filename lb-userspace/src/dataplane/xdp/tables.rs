@@ -16,30 +16,50 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{
     Backend, BackendRing, PROTO_TCP, PROTO_UDP, Service, ServiceKey,
-    service::{ADDR_SNAT, ADDR_VIP, MAX_BACKENDS, MAX_SERVICES},
-    wire::{addr_to_wire, port_to_wire},
+    service::{ADDR_SNAT, ADDR_VIP, BACKEND_CUT_FLOWS, MAX_BACKENDS, MAX_SERVICES},
+    wire::{addr_from_wire, addr_to_wire, port_from_wire, port_to_wire},
 };
 
 use super::{counters::CounterMaps, ids::IdPool, rcu, ring};
 use crate::{
-    config::Protocol,
-    dataplane::{Plan, ServicePlan},
+    config::{DownPolicy, Protocol},
+    dataplane::{BackendState, Plan, ServicePlan},
 };
 
 /// After a flip, the old slot is reused only once a grace period has passed; flips further
 /// apart than this certainly had one.
 const FLIP_GRACE: Duration = Duration::from_secs(1);
 
+/// A backend as installed in the `BACKENDS` map.
+#[derive(Clone, Debug)]
+struct InstalledBackend {
+    name: String,
+    address: SocketAddrV4,
+    id: u32,
+    flags: u16,
+}
+
 /// A service as installed in the maps.
 #[derive(Debug)]
 struct Installed {
     id: u32,
     key: ServiceKey,
-    /// (backend name, address, id) in schedule order.
-    backends: Vec<(String, SocketAddrV4, u32)>,
+    /// In configuration order.
+    backends: Vec<InstalledBackend>,
     ring: BackendRing,
     live_slot: u32,
     flipped_at: Option<Instant>,
+}
+
+/// A service a previous run installed, found in the pinned maps; names are not in the maps,
+/// so backends are matched to the plan by address.
+#[derive(Debug)]
+struct Adopted {
+    id: u32,
+    live_slot: u32,
+    ring: BackendRing,
+    /// (id, address, flags) of the backends in its live ring.
+    backends: Vec<(u32, SocketAddrV4, u16)>,
 }
 
 /// The maps the controller writes, and what it has written to them.
@@ -52,6 +72,11 @@ pub struct Tables {
     rings: Array<MapData, BackendRing>,
     backends: Array<MapData, Backend>,
     installed: BTreeMap<String, Installed>,
+    /// From the pinned maps, until the first plan claims them.
+    adopted: BTreeMap<ServiceKey, Adopted>,
+    /// Backend ids in the pinned maps that no adopted ring names (standby or down backends
+    /// of the previous run), by address.
+    adopted_spare: Vec<(u32, SocketAddrV4, u16)>,
     service_ids: IdPool,
     backend_ids: IdPool,
 }
@@ -81,6 +106,8 @@ impl Tables {
             rings,
             backends,
             installed: BTreeMap::new(),
+            adopted: BTreeMap::new(),
+            adopted_spare: Vec::new(),
             service_ids: IdPool::new("service", MAX_SERVICES),
             backend_ids: IdPool::new("backend", MAX_BACKENDS),
         }
@@ -97,9 +124,56 @@ impl Tables {
             .map(|(name, s)| InstalledService {
                 name: name.clone(),
                 id: s.id,
-                backends: s.backends.clone(),
+                backends: s
+                    .backends
+                    .iter()
+                    .map(|b| (b.name.clone(), b.address, b.id))
+                    .collect(),
             })
             .collect()
+    }
+
+    /// Reads what a previous run installed in the (pinned) maps, so that the next
+    /// [`Tables::apply`] keeps its ids: flows and counters carry on. Returns the number of
+    /// services found.
+    pub fn adopt(&mut self) -> Result<usize> {
+        let services: Vec<(ServiceKey, Service)> = self
+            .services
+            .iter()
+            .collect::<Result<_, _>>()
+            .context("reading SERVICES")?;
+        let mut in_rings = BTreeSet::new();
+        for (key, service) in services {
+            let live_slot = self.ring_select.get(&service.id, 0)? & 1;
+            let ring = self.rings.get(&(service.id * 2 + live_slot), 0)?;
+            let mut backends = Vec::new();
+            for &id in ring.slots.iter().take(ring.len as usize) {
+                if in_rings.insert(id) {
+                    let backend = self.backends.get(&id, 0)?;
+                    backends.push((id, backend_address(&backend), backend.flags));
+                    self.backend_ids.claim(id);
+                }
+            }
+            self.service_ids.claim(service.id);
+            self.adopted.insert(
+                key,
+                Adopted {
+                    id: service.id,
+                    live_slot,
+                    ring,
+                    backends,
+                },
+            );
+        }
+        for id in 0..MAX_BACKENDS {
+            let backend = self.backends.get(&id, 0)?;
+            if backend.addr != 0 && !in_rings.contains(&id) {
+                self.backend_ids.claim(id);
+                self.adopted_spare
+                    .push((id, backend_address(&backend), backend.flags));
+            }
+        }
+        Ok(self.adopted.len())
     }
 
     pub fn apply(&mut self, plan: &Plan) -> Result<()> {
@@ -121,6 +195,19 @@ impl Tables {
             self.install_service(service)
                 .with_context(|| format!("installing service {}", service.name))?;
         }
+        // What the previous run had and this plan does not.
+        for (key, adopted) in std::mem::take(&mut self.adopted) {
+            self.services
+                .remove(&key)
+                .context("removing a service of the previous run")?;
+            self.service_ids.release(adopted.id);
+            for (id, _, _) in adopted.backends {
+                self.backend_ids.release(id);
+            }
+        }
+        for (id, _, _) in std::mem::take(&mut self.adopted_spare) {
+            self.backend_ids.release(id);
+        }
         self.grow_local_addrs(plan)
     }
 
@@ -139,13 +226,16 @@ impl Tables {
 
         let mut entry = match self.installed.remove(&plan.name) {
             Some(entry) => entry,
-            None => Installed {
-                id: self.new_service_id()?,
-                key,
-                backends: Vec::new(),
-                ring: BackendRing::EMPTY,
-                live_slot: 0,
-                flipped_at: None,
+            None => match self.adopted.remove(&key) {
+                Some(adopted) => self.take_over(adopted, key, plan),
+                None => Installed {
+                    id: self.new_service_id()?,
+                    key,
+                    backends: Vec::new(),
+                    ring: BackendRing::EMPTY,
+                    live_slot: 0,
+                    flipped_at: None,
+                },
             },
         };
         let value = value_for(entry.id);
@@ -163,43 +253,70 @@ impl Tables {
     ) -> Result<()> {
         // Keep the id of a backend whose name and address are unchanged, so its flows and
         // counters carry on; anything else gets a fresh id (a live id never changes address).
-        let mut kept = Vec::with_capacity(plan.backends.len());
-        let mut released: Vec<u32> = Vec::new();
-        let old: BTreeMap<(&str, SocketAddrV4), u32> = entry
+        let old: BTreeMap<(&str, SocketAddrV4), &InstalledBackend> = entry
             .backends
             .iter()
-            .map(|(name, addr, id)| ((name.as_str(), *addr), *id))
+            .map(|b| ((b.name.as_str(), b.address), b))
             .collect();
+        let mut kept = Vec::with_capacity(plan.backends.len());
+        // Flags that come down are lowered before the new ring is live, flags that go up
+        // after it: a backend is never in a live ring while marked as cutting its flows.
+        let mut raise = Vec::new();
         for backend in &plan.backends {
-            let id = match old.get(&(backend.name.as_str(), backend.address)) {
-                Some(id) => *id,
+            let cut =
+                backend.state == BackendState::Down && plan.on_backend_down == DownPolicy::Reset;
+            let flags = if cut { BACKEND_CUT_FLOWS } else { 0 };
+            let installed = match old.get(&(backend.name.as_str(), backend.address)) {
+                Some(old) => InstalledBackend {
+                    flags: old.flags,
+                    ..(*old).clone()
+                },
                 None => {
-                    let id = self.new_backend_id()?;
-                    self.backends.set(
-                        id,
-                        Backend {
-                            addr: addr_to_wire(*backend.address.ip()),
-                            port: port_to_wire(backend.address.port()),
-                            _pad: 0,
-                        },
-                        0,
-                    )?;
-                    id
+                    let installed = InstalledBackend {
+                        name: backend.name.clone(),
+                        address: backend.address,
+                        id: self.new_backend_id()?,
+                        flags: 0,
+                    };
+                    self.write_backend(&installed)?;
+                    installed
                 }
             };
-            kept.push((backend.name.clone(), backend.address, id));
-        }
-        let kept_ids: BTreeSet<u32> = kept.iter().map(|(_, _, id)| *id).collect();
-        for (_, _, id) in &entry.backends {
-            if !kept_ids.contains(id) {
-                released.push(*id);
+            if flags & !installed.flags != 0 {
+                raise.push((kept.len(), flags));
+            } else if flags != installed.flags {
+                let lowered = InstalledBackend {
+                    flags,
+                    ..installed.clone()
+                };
+                self.write_backend(&lowered)?;
+                kept.push(lowered);
+                continue;
             }
+            kept.push(installed);
         }
+        let kept_ids: BTreeSet<u32> = kept.iter().map(|b| b.id).collect();
+        let released: Vec<u32> = entry
+            .backends
+            .iter()
+            .map(|b| b.id)
+            .filter(|id| !kept_ids.contains(id))
+            .collect();
 
-        let ids: Vec<u32> = kept.iter().map(|(_, _, id)| *id).collect();
-        let ring = ring::round_robin(&ids)?;
+        let active: Vec<(u32, u32)> = plan
+            .backends
+            .iter()
+            .zip(&kept)
+            .filter(|(plan, _)| plan.state == BackendState::Active)
+            .map(|(plan, installed)| (installed.id, plan.weight))
+            .collect();
+        let ring = ring::weighted(&active)?;
         if ring != entry.ring || entry.flipped_at.is_none() {
             self.flip_ring(entry, &ring)?;
+        }
+        for (index, flags) in raise {
+            kept[index].flags = flags;
+            self.write_backend(&kept[index])?;
         }
         entry.backends = kept;
 
@@ -214,6 +331,60 @@ impl Tables {
             self.backend_ids.release(id);
         }
         Ok(())
+    }
+
+    /// Turns a service found in the pinned maps into an installed one, naming its backends
+    /// after the plan's backends at the same addresses.
+    fn take_over(&mut self, adopted: Adopted, key: ServiceKey, plan: &ServicePlan) -> Installed {
+        let mut backends = Vec::new();
+        for backend in &plan.backends {
+            let in_ring = adopted
+                .backends
+                .iter()
+                .find(|(_, a, _)| *a == backend.address);
+            let found = match in_ring {
+                Some(found) => Some(*found),
+                None => self
+                    .adopted_spare
+                    .iter()
+                    .position(|(_, a, _)| *a == backend.address)
+                    .map(|i| self.adopted_spare.swap_remove(i)),
+            };
+            if let Some((id, address, flags)) = found {
+                backends.push(InstalledBackend {
+                    name: backend.name.clone(),
+                    address,
+                    id,
+                    flags,
+                });
+            }
+        }
+        // Ring members the plan no longer has: their ids wait out a grace period.
+        for (id, address, _) in &adopted.backends {
+            if !plan.backends.iter().any(|b| b.address == *address) {
+                self.backend_ids.release(*id);
+            }
+        }
+        Installed {
+            id: adopted.id,
+            key,
+            backends,
+            ring: adopted.ring,
+            live_slot: adopted.live_slot,
+            // A reader may be in the live ring right now: treat it as just flipped.
+            flipped_at: Some(Instant::now()),
+        }
+    }
+
+    fn write_backend(&mut self, backend: &InstalledBackend) -> Result<()> {
+        let value = Backend {
+            addr: addr_to_wire(*backend.address.ip()),
+            port: port_to_wire(backend.address.port()),
+            flags: backend.flags,
+        };
+        self.backends
+            .set(backend.id, value, 0)
+            .with_context(|| format!("writing backend {}", backend.name))
     }
 
     fn new_service_id(&mut self) -> Result<u32> {
@@ -250,8 +421,8 @@ impl Tables {
         self.services
             .remove(&entry.key)
             .with_context(|| format!("removing service {name}"))?;
-        for (_, _, id) in entry.backends {
-            self.backend_ids.release(id);
+        for backend in entry.backends {
+            self.backend_ids.release(backend.id);
         }
         self.service_ids.release(entry.id);
         Ok(())
@@ -288,6 +459,10 @@ impl Tables {
             .collect::<Result<_, _>>()
             .context("reading LOCAL_ADDRS")
     }
+}
+
+fn backend_address(backend: &Backend) -> SocketAddrV4 {
+    SocketAddrV4::new(addr_from_wire(backend.addr), port_from_wire(backend.port))
 }
 
 /// Every VIP and SNAT address of `plan` with its `ADDR_*` bits.

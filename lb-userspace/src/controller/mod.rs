@@ -1,0 +1,181 @@
+//! The controller: starts the data plane from a configuration, keeps it in line with
+//! health checks, the operator's commands and reloads, and stops it.
+//!
+//! One task owns all state ([`core::Core`]); everything else (signals, the control socket,
+//! tests) talks to it through [`Controller`], a handle that sends it commands. The
+//! background tasks in [`tasks`] own the maps they maintain.
+
+mod core;
+mod tasks;
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context as _, Result, anyhow};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tracing::{error, info};
+
+use crate::{
+    config::Config,
+    control::{self, ControlServer},
+    dataplane::{
+        AdminState,
+        xdp::{PinDir, SweepReport, TrafficReport},
+    },
+    health::BackendHealth,
+    privileges,
+};
+
+use self::core::Core;
+
+/// How the controller stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// Detach the program everywhere and remove its pins (SIGTERM, SIGINT).
+    Detach,
+    /// Leave the program attached and forwarding from its pinned maps, for the next
+    /// controller (a restart or an upgrade) to take over without losing a flow (SIGUSR2).
+    KeepForwarding,
+}
+
+/// What the controller knows, for status displays and tests.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub plan: crate::dataplane::Plan,
+    pub health: Vec<BackendHealth>,
+    pub last_sweep: SweepReport,
+}
+
+enum Command {
+    Traffic(oneshot::Sender<Result<TrafficReport>>),
+    Status(oneshot::Sender<Status>),
+    Reload(oneshot::Sender<Result<String>>),
+    SetAdmin {
+        service: String,
+        backend: String,
+        state: AdminState,
+        reply: oneshot::Sender<Result<String>>,
+    },
+    Stop(StopMode, oneshot::Sender<Result<()>>),
+}
+
+/// A handle on the running controller.
+pub struct Controller {
+    commands: mpsc::Sender<Command>,
+    main: JoinHandle<()>,
+}
+
+impl Controller {
+    /// Loads (or takes over) the data plane, runs the first health checks and makes the
+    /// configured services live. `config_path` is what reloads read again.
+    ///
+    /// Must run in the network namespace of the configured interfaces (netlink sockets and
+    /// interface names belong to the namespace of the thread that opens them).
+    pub async fn start(config: Config, config_path: Option<&Path>) -> Result<Controller> {
+        let pins = PinDir::prepare(&config.dataplane.pin_path)?;
+        let (control, control_requests) = ControlServer::start(&config.control.socket)?;
+        let core = match Core::start(config, config_path.map(Path::to_path_buf), pins).await {
+            Ok(core) => core,
+            Err(err) => {
+                control.stop();
+                return Err(err);
+            }
+        };
+        let (commands, inbox) = mpsc::channel(32);
+        let main = tokio::spawn(core.run(inbox, control_requests, control));
+        Ok(Controller { commands, main })
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| anyhow!("the controller has stopped"))?;
+        answer
+            .await
+            .map_err(|_| anyhow!("the controller has stopped"))
+    }
+
+    /// The XDP program's counters.
+    pub async fn traffic(&self) -> Result<TrafficReport> {
+        self.ask(Command::Traffic).await?
+    }
+
+    pub async fn status(&self) -> Result<Status> {
+        self.ask(Command::Status).await
+    }
+
+    /// Reads the configuration file again and applies what changed; on an invalid file the
+    /// running configuration stays and the error is returned.
+    pub async fn reload(&self) -> Result<String> {
+        self.ask(Command::Reload).await?
+    }
+
+    pub async fn set_admin(
+        &self,
+        service: &str,
+        backend: &str,
+        state: AdminState,
+    ) -> Result<String> {
+        self.ask(|reply| Command::SetAdmin {
+            service: service.to_string(),
+            backend: backend.to_string(),
+            state,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn stop(self, mode: StopMode) -> Result<()> {
+        let result = self.ask(|reply| Command::Stop(mode, reply)).await;
+        let _ = self.main.await;
+        result?
+    }
+}
+
+/// `gerbang run`: start from the config file and run until a signal says otherwise.
+///
+/// SIGINT/SIGTERM stop and detach; SIGUSR2 stops and leaves the program forwarding for the
+/// next gerbang to take over (restart, upgrade); SIGHUP reloads the file.
+pub async fn run(config_path: &Path) -> Result<()> {
+    let config = Config::load(config_path)?;
+    privileges::check()?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut upgrade = signal(SignalKind::user_defined2())?;
+    let controller = Controller::start(config, Some(config_path)).await?;
+    info!(
+        config = %config_path.display(),
+        "gerbang running; SIGHUP reloads, SIGTERM stops, SIGUSR2 exits leaving traffic flowing"
+    );
+    let mode = loop {
+        tokio::select! {
+            _ = interrupt.recv() => { info!("SIGINT received, stopping"); break StopMode::Detach }
+            _ = terminate.recv() => { info!("SIGTERM received, stopping"); break StopMode::Detach }
+            _ = upgrade.recv() => {
+                info!("SIGUSR2 received: exiting, the XDP program keeps forwarding");
+                break StopMode::KeepForwarding;
+            }
+            _ = hangup.recv() => {
+                info!("SIGHUP received, reloading");
+                if let Err(err) = controller.reload().await {
+                    error!("reload refused, the running configuration stays: {err:#}");
+                }
+            }
+        }
+    };
+    controller.stop(mode).await
+}
+
+/// `gerbang backend ...` and `gerbang reload`: one request to a running gerbang.
+pub fn send_command(socket: &Path, request: &control::Request) -> Result<String> {
+    control::send(socket, request).with_context(|| format!("via {}", socket.display()))
+}
+
+/// How long start-up waits for first health verdicts, beyond the slowest check's timeout.
+const FIRST_VERDICT_SLACK: Duration = Duration::from_millis(500);

@@ -1,0 +1,302 @@
+//! The userspace proxy data plane, for hosts whose kernel cannot run the XDP program
+//! (32-bit Raspberry Pi kernels, containers without BPF).
+//!
+//! It forwards the same services as the XDP program, from the same [`Plan`]s, with the
+//! same decisions: new flows go to the active backends by smooth weighted round-robin
+//! (the schedule the XDP rings are built from), established flows stay with their backend
+//! whatever the plan says, unless the backend goes down in a service that resets such
+//! flows. Backends see connections from the service's SNAT address, as in XDP mode.
+//!
+//! Unlike the XDP program it terminates TCP: each client connection is accepted on the
+//! VIP and a second connection is made to the backend, then bytes are relayed between
+//! them ([`relay`]: `splice(2)` through a pipe by default, half-close passed on). That
+//! allows what XDP cannot do: a PROXY v2 header towards backends that want the client's
+//! address, a per-service connection limit, and a retry on another backend when one does
+//! not accept (HAProxy's `redispatch`). UDP is relayed through a per-client session
+//! ([`udp`]).
+//!
+//! # Counters
+//!
+//! [`ProxyDataplane::traffic`] reports the XDP program's [`lb_common::TrafficCounters`] shape per
+//! service and backend, with these meanings:
+//! - bytes are payload bytes (the XDP program counts whole frames);
+//! - TCP "packets" are socket reads (or `splice` calls) that moved data, UDP packets are
+//!   datagrams;
+//! - `new_flows` are connections established with a backend, or UDP sessions opened;
+//! - `drops` are, per service, connections refused (no backend, over the limit, every
+//!   backend tried failed) or cut, and UDP datagrams dropped; per backend, failed connects
+//!   and cut connections, and UDP datagrams to or from it that were dropped.
+//!
+//! The proxy has no packet events: the report's `events` is empty. Current connections
+//! and sessions are in [`ProxyDataplane::active`].
+//!
+//! # Footprint
+//!
+//! A connection costs a task and two sockets; its pipes (or copy buffers) exist only once
+//! data has moved. Nothing else grows with traffic: the UDP session table is bounded by
+//! `dataplane.flow_table_size`, and connection limits bound TCP.
+
+mod proxy_v2;
+mod relay;
+mod schedule;
+mod socket;
+mod state;
+mod tcp;
+mod udp;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use tokio::{sync::watch, task::JoinHandle, time::Instant};
+use tracing::{info, warn};
+
+use self::state::Service;
+use super::{
+    Dataplane, Plan,
+    xdp::{BackendTraffic, ServiceTraffic, TrafficReport},
+};
+use crate::config::{Config, Protocol};
+
+/// Per-service behaviour the configuration does not carry yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceOptions {
+    /// Most connections (TCP) or sessions (UDP) at once; beyond it new TCP connections
+    /// are refused with a RST and UDP datagrams that would open a session are dropped,
+    /// both counted as drops.
+    pub max_connections: Option<u32>,
+    /// Send a PROXY protocol v2 header first on every backend connection (TCP only).
+    pub send_proxy_v2: bool,
+}
+
+/// How TCP payload moves between the two sockets of a connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RelayMode {
+    /// `splice(2)` through a pipe per direction: no copy into userspace.
+    #[default]
+    Splice,
+    /// `read`/`write` through a 16 KiB buffer per direction.
+    Copy,
+}
+
+/// What [`ProxyDataplane::start_with`] takes beyond the configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxyOptions {
+    /// By service name; services not listed get [`ServiceOptions::default`].
+    pub services: BTreeMap<String, ServiceOptions>,
+    pub relay: RelayMode,
+}
+
+/// Current connections (TCP) or sessions (UDP) of one service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActiveFlows {
+    pub service: String,
+    pub total: u64,
+    /// Per backend of the current plan, established only (a connection still connecting
+    /// counts for the service alone).
+    pub backends: Vec<(String, u64)>,
+}
+
+/// What every task of the proxy reads and nobody changes after start.
+#[derive(Debug)]
+struct Settings {
+    relay: RelayMode,
+    tcp_idle: Duration,
+    udp_idle: Duration,
+    flow_table_size: usize,
+    /// Origin of the UDP sessions' activity clocks.
+    epoch: Instant,
+}
+
+/// The running proxy: a listener task per service.
+pub struct ProxyDataplane {
+    services: Vec<Arc<Service>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ProxyDataplane {
+    /// [`ProxyDataplane::start_with`] default options.
+    pub async fn start(config: &Config) -> Result<Self> {
+        Self::start_with(config, &ProxyOptions::default()).await
+    }
+
+    /// Binds a listener for every service of `config` and starts serving. No service has
+    /// a backend until the first [`Dataplane::apply`]: until then TCP clients are reset
+    /// and UDP datagrams dropped.
+    ///
+    /// Must run inside a tokio runtime (with I/O and time enabled), in the network
+    /// namespace of the VIPs. Raises the process's open-file limit to its hard limit.
+    pub async fn start_with(config: &Config, options: &ProxyOptions) -> Result<Self> {
+        if let Some(unknown) = options
+            .services
+            .keys()
+            .find(|name| !config.services.iter().any(|s| &s.name == *name))
+        {
+            bail!("proxy options name service {unknown:?}, which the configuration does not have");
+        }
+        if let Err(err) = socket::raise_file_limit() {
+            warn!(
+                "could not raise the open-file limit: {err}; the proxy may run out of descriptors"
+            );
+        }
+        let settings = Arc::new(Settings {
+            relay: options.relay,
+            tcp_idle: config.timeouts.tcp_established,
+            udp_idle: config.timeouts.udp,
+            flow_table_size: usize::try_from(config.dataplane.flow_table_size)
+                .unwrap_or(usize::MAX),
+            epoch: Instant::now(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let mut services = Vec::new();
+        let mut tasks = Vec::new();
+        for service in &config.services {
+            let service_options = options
+                .services
+                .get(&service.name)
+                .copied()
+                .unwrap_or_default();
+            if service.protocol == Protocol::Udp && service_options.send_proxy_v2 {
+                bail!(
+                    "service {}: PROXY protocol v2 is only sent on TCP connections",
+                    service.name
+                );
+            }
+            let shared = Arc::new(Service::new(
+                &service.name,
+                service.listen,
+                service.protocol,
+                service.snat_address,
+                service_options,
+            ));
+            let context = || {
+                format!(
+                    "service {}: listening on {} {}",
+                    service.name, service.protocol, service.listen
+                )
+            };
+            let task = match service.protocol {
+                Protocol::Tcp => {
+                    let listener = socket::tcp_listener(service.listen).with_context(context)?;
+                    tokio::spawn(tcp::serve(
+                        listener,
+                        shared.clone(),
+                        settings.clone(),
+                        stopped.clone(),
+                    ))
+                }
+                Protocol::Udp => {
+                    let vip = socket::udp_socket(service.listen, true)
+                        .and_then(tokio::net::UdpSocket::from_std)
+                        .with_context(context)?;
+                    tokio::spawn(udp::serve(
+                        vip,
+                        shared.clone(),
+                        settings.clone(),
+                        stopped.clone(),
+                    ))
+                }
+            };
+            info!(
+                service = %service.name,
+                listen = %service.listen,
+                protocol = %service.protocol,
+                relay = ?settings.relay,
+                "proxy listening"
+            );
+            services.push(shared);
+            tasks.push(task);
+        }
+        Ok(Self {
+            services,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Counters of every service and of the backends of its current plan.
+    pub fn traffic(&self) -> TrafficReport {
+        let services = self
+            .services
+            .iter()
+            .map(|service| ServiceTraffic {
+                name: service.name.clone(),
+                counters: service.counters.snapshot(),
+                backends: service
+                    .backends()
+                    .iter()
+                    .map(|backend| BackendTraffic {
+                        name: backend.name.clone(),
+                        address: backend.address,
+                        counters: backend.counters.snapshot(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        TrafficReport {
+            events: Vec::new(),
+            services,
+        }
+    }
+
+    /// Connections and sessions open now, per service and backend.
+    pub fn active(&self) -> Vec<ActiveFlows> {
+        self.services
+            .iter()
+            .map(|service| ActiveFlows {
+                service: service.name.clone(),
+                total: service.current.load(Relaxed),
+                backends: service
+                    .backends()
+                    .iter()
+                    .map(|b| (b.name.clone(), b.current.load(Relaxed)))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Stops accepting and closes every connection and session.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Dataplane for ProxyDataplane {
+    /// Swaps each service's backend set under a short lock; the tasks see it at their
+    /// next new flow. Cutting a down backend's connections is a signal they act on.
+    fn apply(&mut self, plan: &Plan) -> Result<()> {
+        for service in &self.services {
+            match plan.services.iter().find(|s| s.name == service.name) {
+                Some(wanted) => service.apply(wanted),
+                None => service.clear(),
+            }
+        }
+        let mismatched: Vec<String> = plan
+            .services
+            .iter()
+            .filter(|wanted| {
+                !self.services.iter().any(|s| {
+                    s.name == wanted.name
+                        && s.listen == wanted.listen
+                        && s.protocol == wanted.protocol
+                })
+            })
+            .map(|wanted| format!("{} ({} {})", wanted.name, wanted.protocol, wanted.listen))
+            .collect();
+        if !mismatched.is_empty() {
+            bail!(
+                "the proxy has no listener for {}; listeners are bound at start, so restart \
+                 gerbang to add a service or move it to another address",
+                mismatched.join(", ")
+            );
+        }
+        Ok(())
+    }
+}
