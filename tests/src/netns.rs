@@ -44,6 +44,8 @@ pub struct Netns {
     name: String,
     /// `/run/netns/NAME`, kept open for `setns`.
     handle: File,
+    /// Created by this value, so deleted with it; false for [`Netns::existing`].
+    owned: bool,
 }
 
 impl Netns {
@@ -89,10 +91,26 @@ impl Netns {
             }
         };
         // From here on, dropping `ns` deletes the namespace.
-        let ns = Netns { name, handle };
+        let ns = Netns {
+            name,
+            handle,
+            owned: true,
+        };
         ns.ip(["link", "set", "dev", "lo", "up"])?;
         tracing::debug!(netns = %ns.name, "created network namespace");
         Ok(ns)
+    }
+
+    /// A handle on a namespace somebody else created and will delete (for a helper process
+    /// started inside one of a test's namespaces).
+    pub fn existing(name: &str) -> Result<Netns> {
+        let handle = File::open(Self::path_of(name))
+            .with_context(|| format!("opening network namespace {name}"))?;
+        Ok(Netns {
+            name: name.to_owned(),
+            handle,
+            owned: false,
+        })
     }
 
     /// The namespace's name, as `ip netns` knows it.
@@ -282,6 +300,7 @@ pub fn remove_stale() -> Result<usize> {
             handle: File::open(entry.path())
                 .with_context(|| format!("opening stale namespace {name}"))?,
             name,
+            owned: true,
         };
         // Dropping it kills what still runs inside and deletes it.
         drop(leftover);
@@ -299,6 +318,9 @@ fn owner_pid(name: &str) -> Option<u32> {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         if let Err(err) = self.kill_all() {
             tracing::warn!(netns = %self.name, "cleaning up processes: {err:#}");
         }

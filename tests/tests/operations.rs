@@ -1,0 +1,591 @@
+//! Health checks, weights, backups, admin states, failover under load, atomic set changes,
+//! reloads and fail-fast resets, with real HTTP and TCP backends in namespaces and gerbang
+//! running in-process in the balancer's namespace.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddrV4,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use gerbang::dataplane::{AdminState, BackendState};
+use gerbang_testbed::{
+    HttpBackend, TcpStreamClient, TcpStreamServer, TwoArm, http_get, http_get_many,
+};
+use lb_common::{Event, Verdict};
+use support::{
+    gerbang::{InProcess, binary, isolate, wait_until},
+    tempdir::TempDir,
+};
+
+const HTTP: u16 = 8080;
+const STREAM: u16 = 9000;
+
+/// Fast HTTP checks so tests see verdicts within a second.
+const FAST_HTTP_CHECK: &str =
+    "[service.check]\ntype = \"http\"\npath = \"/\"\ninterval = \"200ms\"\nfall = 2\nrise = 2\n";
+const NO_CHECK: &str = "[service.check]\ntype = \"none\"\n";
+
+/// Every backend, with nothing added.
+fn all(_: &str, _: usize) -> Option<String> {
+    Some(String::new())
+}
+
+/// One service per `(name, port, backend port, service lines)`, each over the backends of
+/// `t` for which `backend_lines(service, i)` gives lines to add (`None` leaves one out).
+fn config(
+    t: &TwoArm,
+    services: &[(&str, u16, u16, &str)],
+    backend_lines: impl Fn(&str, usize) -> Option<String>,
+) -> String {
+    let mut text = format!(
+        "[dataplane]\ninterfaces = [\"{}\", \"{}\"]\nattach = \"native\"\nsnat_address = \"{}\"\n",
+        t.lb_client_if, t.lb_backend_if, t.snat
+    );
+    for (name, port, backend_port, lines) in services {
+        text += &format!(
+            "\n[[service]]\nname = \"{name}\"\nlisten = \"{}:{port}\"\n{lines}",
+            t.vip
+        );
+        for (i, b) in t.backends.iter().enumerate() {
+            let Some(lines) = backend_lines(name, i) else {
+                continue;
+            };
+            text += &format!(
+                "  [[service.backend]]\n  name = \"b{i}\"\n  address = \"{}:{backend_port}\"\n{lines}",
+                b.addr
+            );
+        }
+    }
+    text
+}
+
+fn http_servers(t: &TwoArm) -> Vec<HttpBackend> {
+    t.backends
+        .iter()
+        .map(|b| {
+            HttpBackend::start(
+                &b.ns,
+                SocketAddrV4::new(b.addr, HTTP),
+                &format!("b{}", b.index),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+fn stream_servers(t: &TwoArm) -> Vec<TcpStreamServer> {
+    t.backends
+        .iter()
+        .map(|b| {
+            TcpStreamServer::start(
+                &b.ns,
+                SocketAddrV4::new(b.addr, STREAM),
+                &format!("b{}", b.index),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+fn tally(answers: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for answer in answers {
+        *counts.entry(answer.trim().to_string()).or_default() += 1;
+    }
+    counts
+}
+
+fn state_of(gerbang: &InProcess, service: &str, backend: &str) -> BackendState {
+    let status = gerbang.status();
+    let service = status
+        .plan
+        .services
+        .iter()
+        .find(|s| s.name == service)
+        .unwrap();
+    service
+        .backends
+        .iter()
+        .find(|b| b.name == backend)
+        .unwrap()
+        .state
+}
+
+/// Waits until the plan shows `backend` in `state`; returns when it was seen.
+fn wait_for_state(
+    gerbang: &InProcess,
+    service: &str,
+    backend: &str,
+    state: BackendState,
+) -> Instant {
+    wait_until(Duration::from_secs(10), || {
+        let now = state_of(gerbang, service, backend);
+        if now == state {
+            Ok(Instant::now())
+        } else {
+            Err(anyhow::anyhow!(
+                "{service}/{backend} is {now:?}, waiting for {state:?}"
+            ))
+        }
+    })
+    .unwrap()
+}
+
+/// Requests on new connections, back to back, until stopped; each with its start time.
+struct Load {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<Vec<(Instant, Result<String, String>)>>,
+}
+
+impl Load {
+    fn start(t: &TwoArm, vip: SocketAddrV4) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = gerbang_testbed::Netns::existing(t.client.name()).unwrap();
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut results = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let result = http_get(&client, vip).map_err(|e| format!("{e:#}"));
+                results.push((started, result));
+            }
+            results
+        });
+        Load { stop, thread }
+    }
+
+    fn finish(self) -> Vec<(Instant, Result<String, String>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// A backend that stops answering leaves the rotation once its checks say DOWN; from that
+/// moment no new request fails; it comes back after `rise` good checks.
+#[test]
+fn a_failed_backend_leaves_rotation_and_no_later_request_fails() {
+    let t = TwoArm::new(3).unwrap();
+    let mut servers = http_servers(&t);
+    let gerbang = InProcess::start(
+        &t.lb,
+        &config(&t, &[("web", 80, HTTP, FAST_HTTP_CHECK)], all),
+    )
+    .unwrap();
+    let vip = SocketAddrV4::new(t.vip, 80);
+    let load = Load::start(&t, vip);
+
+    thread::sleep(Duration::from_millis(400));
+    let stopped_at = Instant::now();
+    servers[1].stop();
+    let down_at = wait_for_state(&gerbang, "web", "b1", BackendState::Down);
+    thread::sleep(Duration::from_millis(600));
+    let restarted_at = Instant::now();
+    servers[1] = HttpBackend::start(
+        &t.backends[1].ns,
+        SocketAddrV4::new(t.backends[1].addr, HTTP),
+        "b1",
+    )
+    .unwrap();
+    let up_at = wait_for_state(&gerbang, "web", "b1", BackendState::Active);
+    thread::sleep(Duration::from_millis(600));
+    let results = load.finish();
+    assert!(up_at > restarted_at);
+
+    let after_down: Vec<_> = results.iter().filter(|(at, _)| *at >= down_at).collect();
+    let failed_after: Vec<_> = after_down.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(
+        failed_after.is_empty(),
+        "requests failed after the backend was DOWN: {failed_after:?}"
+    );
+    let back_on_b1 = results
+        .iter()
+        .filter(|(at, r)| *at > up_at && r.as_deref().is_ok_and(|b| b.trim() == "b1"))
+        .count();
+    assert!(back_on_b1 > 0, "b1 takes requests again after rise");
+    let detection = down_at - stopped_at;
+    assert!(
+        detection < Duration::from_secs(3),
+        "DOWN after {detection:?}"
+    );
+    eprintln!(
+        "{} requests, {} failed between the stop and the DOWN verdict ({detection:?})",
+        results.len(),
+        results.iter().filter(|(_, r)| r.is_err()).count()
+    );
+    gerbang.stop().unwrap();
+}
+
+#[test]
+fn weights_three_to_one_split_new_flows_three_to_one() {
+    let t = TwoArm::new(2).unwrap();
+    let _servers = http_servers(&t);
+    let config = config(&t, &[("web", 80, HTTP, NO_CHECK)], |_, i| {
+        Some(format!("  weight = {}\n", if i == 0 { 3 } else { 1 }))
+    });
+    let gerbang = InProcess::start(&t.lb, &config).unwrap();
+    let answers = http_get_many(&t.client, SocketAddrV4::new(t.vip, 80), 400)
+        .into_iter()
+        .map(Result::unwrap);
+    assert_eq!(
+        tally(answers),
+        BTreeMap::from([("b0".into(), 300), ("b1".into(), 100)])
+    );
+    gerbang.stop().unwrap();
+}
+
+#[test]
+fn the_backup_serves_only_while_no_primary_is_up() {
+    let t = TwoArm::new(3).unwrap();
+    let mut servers = http_servers(&t);
+    let config = config(&t, &[("web", 80, HTTP, FAST_HTTP_CHECK)], |_, i| {
+        Some(if i == 2 {
+            "  backup = true\n".into()
+        } else {
+            String::new()
+        })
+    });
+    let gerbang = InProcess::start(&t.lb, &config).unwrap();
+    let vip = SocketAddrV4::new(t.vip, 80);
+    let get = |n| {
+        tally(
+            http_get_many(&t.client, vip, n)
+                .into_iter()
+                .map(Result::unwrap),
+        )
+    };
+    assert_eq!(
+        get(20),
+        BTreeMap::from([("b0".into(), 10), ("b1".into(), 10)])
+    );
+
+    servers[0].stop();
+    servers[1].stop();
+    wait_for_state(&gerbang, "web", "b0", BackendState::Down);
+    wait_for_state(&gerbang, "web", "b1", BackendState::Down);
+    assert_eq!(state_of(&gerbang, "web", "b2"), BackendState::Active);
+    assert_eq!(get(10), BTreeMap::from([("b2".into(), 10)]));
+
+    servers[0] = HttpBackend::start(
+        &t.backends[0].ns,
+        SocketAddrV4::new(t.backends[0].addr, HTTP),
+        "b0",
+    )
+    .unwrap();
+    wait_for_state(&gerbang, "web", "b0", BackendState::Active);
+    assert_eq!(state_of(&gerbang, "web", "b2"), BackendState::Standby);
+    assert_eq!(get(10), BTreeMap::from([("b0".into(), 10)]));
+    gerbang.stop().unwrap();
+}
+
+/// `gerbang backend drain` through the control socket: the drained backend keeps its live
+/// connection and gets no new one; `ready` brings it back; unknown names are errors.
+#[test]
+fn drain_through_the_cli_keeps_live_connections_and_moves_new_ones() {
+    let t = TwoArm::new(3).unwrap();
+    let streams = stream_servers(&t);
+    let dir = TempDir::new();
+    let path = dir.write(
+        "gerbang.toml",
+        &isolate(&config(&t, &[("stream", STREAM, STREAM, NO_CHECK)], all)),
+    );
+    let gerbang = InProcess::start_file(&t.lb, &path).unwrap();
+    let vip = SocketAddrV4::new(t.vip, STREAM);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(binary())
+            .args(args)
+            .args(["--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+
+    let mut long = TcpStreamClient::connect(&t.client, vip).unwrap();
+    assert_eq!(long.echo(b"first").unwrap(), b"first");
+    let owner = streams.iter().position(|s| s.connections() == 1).unwrap();
+    let name = format!("b{owner}");
+
+    let (ok, said) = cli(&["backend", "drain", "stream", &name]);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains(&format!("stream/{name} is drain (was ready)")),
+        "{said}"
+    );
+    assert_eq!(state_of(&gerbang, "stream", &name), BackendState::Standby);
+    for i in 0..12 {
+        let mut short = TcpStreamClient::connect(&t.client, vip).unwrap();
+        assert_eq!(short.echo(b"x").unwrap(), b"x", "connection {i}");
+        assert_eq!(long.echo(b"still here").unwrap(), b"still here");
+    }
+    assert_eq!(
+        streams[owner].connections(),
+        1,
+        "the drained backend got no new connection"
+    );
+
+    let (ok, said) = cli(&["backend", "ready", "stream", &name]);
+    assert!(ok, "{said}");
+    for _ in 0..3 {
+        TcpStreamClient::connect(&t.client, vip)
+            .unwrap()
+            .echo(b"y")
+            .unwrap();
+    }
+    assert!(
+        streams[owner].connections() > 1,
+        "ready again: it gets new connections"
+    );
+
+    let (ok, said) = cli(&["backend", "drain", "stream", "b9"]);
+    assert!(!ok);
+    assert!(
+        said.contains("has no backend \"b9\"") && said.contains("b0, b1, b2"),
+        "{said}"
+    );
+    let (ok, said) = cli(&["backend", "maint", "nope", "b0"]);
+    assert!(!ok);
+    assert!(said.contains("no service \"nope\""), "{said}");
+    gerbang.stop().unwrap();
+}
+
+/// A backend process that accepts connections but never answers (SIGSTOP) passes a TCP
+/// check but not an HTTP one.
+#[test]
+fn a_stopped_process_is_marked_down_by_the_http_check() {
+    let t = TwoArm::new(2).unwrap();
+    let backends: Vec<_> = t
+        .backends
+        .iter()
+        .map(|b| {
+            b.ns.spawn(
+                &gerbang_testbed::Cmd::new(env!("CARGO_BIN_EXE_gb-backend")).args([
+                    b.ns.name(),
+                    "http",
+                    &format!("{}:{HTTP}", b.addr),
+                    &format!("b{}", b.index),
+                ]),
+            )
+            .unwrap()
+        })
+        .collect();
+    let vip = SocketAddrV4::new(t.vip, 80);
+    let gerbang = InProcess::start(
+        &t.lb,
+        &config(&t, &[("web", 80, HTTP, FAST_HTTP_CHECK)], all),
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(5), || http_get(&t.client, vip)).unwrap();
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(backends[0].pid() as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    wait_for_state(&gerbang, "web", "b0", BackendState::Down);
+    let health = gerbang.status().health;
+    let b0 = health.iter().find(|h| h.key.1 == "b0").unwrap();
+    assert!(
+        b0.last_result.as_deref().unwrap_or("").contains("timeout"),
+        "{b0:?}"
+    );
+    let answers = tally(
+        http_get_many(&t.client, vip, 6)
+            .into_iter()
+            .map(Result::unwrap),
+    );
+    assert_eq!(answers, BTreeMap::from([("b1".into(), 6)]));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(backends[0].pid() as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    wait_for_state(&gerbang, "web", "b0", BackendState::Active);
+    gerbang.stop().unwrap();
+}
+
+/// The backend set is rewritten over and over while requests run: none fails, no packet
+/// is dropped or reset, and every answer comes from a backend of some complete set.
+#[test]
+fn backend_sets_change_atomically_under_traffic() {
+    let t = TwoArm::new(3).unwrap();
+    let _servers = http_servers(&t);
+    let gerbang =
+        InProcess::start(&t.lb, &config(&t, &[("web", 80, HTTP, NO_CHECK)], all)).unwrap();
+    let vip = SocketAddrV4::new(t.vip, 80);
+    let load = Load::start(&t, vip);
+    let started = Instant::now();
+    let mut flips = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        for victim in ["b0", "b1", "b2"] {
+            gerbang.set_admin("web", victim, AdminState::Drain).unwrap();
+            gerbang.set_admin("web", victim, AdminState::Ready).unwrap();
+            flips += 2;
+        }
+    }
+    let results = load.finish();
+    let failed: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        results.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let report = gerbang.traffic();
+    for (event, count) in &report.events {
+        if event.verdict() == Verdict::Drop
+            || matches!(
+                event,
+                Event::RstNoBackend | Event::RstBackendDown | Event::RstNoFlow
+            )
+        {
+            assert_eq!(*count, 0, "{event:?}");
+        }
+    }
+    eprintln!(
+        "{} requests while the set was rewritten {flips} times",
+        results.len()
+    );
+    assert!(results.len() > 100 && flips > 100);
+    gerbang.stop().unwrap();
+}
+
+/// With no backend up, a new TCP connection is refused at once (a RST), not left hanging.
+#[test]
+fn no_backend_up_means_connections_are_refused_at_once() {
+    let t = TwoArm::new(2).unwrap();
+    let mut servers = http_servers(&t);
+    let gerbang = InProcess::start(
+        &t.lb,
+        &config(&t, &[("web", 80, HTTP, FAST_HTTP_CHECK)], all),
+    )
+    .unwrap();
+    for server in &mut servers {
+        server.stop();
+    }
+    wait_for_state(&gerbang, "web", "b0", BackendState::Down);
+    wait_for_state(&gerbang, "web", "b1", BackendState::Down);
+    let vip = SocketAddrV4::new(t.vip, 80);
+    let started = Instant::now();
+    let err = http_get(&t.client, vip).unwrap_err();
+    let elapsed = started.elapsed();
+    let refused = err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+    assert!(refused, "{err:#}");
+    assert!(
+        elapsed < Duration::from_millis(500),
+        "refused after {elapsed:?}"
+    );
+    assert!(gerbang.traffic().event(Event::RstNoBackend) >= 1);
+    gerbang.stop().unwrap();
+}
+
+/// A backend that fails its checks cuts its established flows by default (the client's
+/// next packet gets a RST); with `on_backend_down = "keep"` they continue.
+fn established_flows_of_a_down_backend(policy: &str, cut: bool) {
+    let t = TwoArm::new(2).unwrap();
+    let http = http_servers(&t);
+    let _streams = stream_servers(&t);
+    // The stream service is checked over HTTP on the backend's web port.
+    let lines = format!("on_backend_down = \"{policy}\"\n{FAST_HTTP_CHECK}port = {HTTP}\n");
+    let gerbang = InProcess::start(
+        &t.lb,
+        &config(&t, &[("stream", STREAM, STREAM, &lines)], all),
+    )
+    .unwrap();
+    let vip = SocketAddrV4::new(t.vip, STREAM);
+    let mut long = TcpStreamClient::connect(&t.client, vip).unwrap();
+    assert_eq!(long.echo(b"hello").unwrap(), b"hello");
+    // b0 takes the first flow; make its HTTP check fail while its stream server runs on.
+    http[0].set_status(503);
+    wait_for_state(&gerbang, "stream", "b0", BackendState::Down);
+    let started = Instant::now();
+    let result = long.echo(b"after");
+    if cut {
+        let err = result.unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "reset at once, not a timeout: {err:#}"
+        );
+        assert!(gerbang.traffic().event(Event::RstBackendDown) >= 1);
+    } else {
+        assert_eq!(result.unwrap(), b"after");
+    }
+    gerbang.stop().unwrap();
+}
+
+#[test]
+fn established_flows_of_a_down_backend_are_reset_by_default() {
+    established_flows_of_a_down_backend("reset", true);
+}
+
+#[test]
+fn established_flows_of_a_down_backend_continue_with_keep() {
+    established_flows_of_a_down_backend("keep", false);
+}
+
+/// An invalid file changes nothing; a valid one adding and removing backends leaves the
+/// flows of the backends it keeps alone.
+#[test]
+fn reload_applies_only_valid_changes_and_keeps_unrelated_flows() {
+    let t = TwoArm::new(3).unwrap();
+    let streams = stream_servers(&t);
+    let dir = TempDir::new();
+    let with = |keep: &'static [usize]| {
+        config(&t, &[("stream", STREAM, STREAM, NO_CHECK)], move |_, i| {
+            keep.contains(&i).then(String::new)
+        })
+    };
+    let text = isolate(&with(&[0, 1]));
+    let path = dir.write("gerbang.toml", &text);
+    let gerbang = InProcess::start_file(&t.lb, &path).unwrap();
+    let vip = SocketAddrV4::new(t.vip, STREAM);
+    let mut long = TcpStreamClient::connect(&t.client, vip).unwrap();
+    assert_eq!(long.echo(b"one").unwrap(), b"one");
+    assert_eq!(streams[0].connections(), 1, "the first flow is b0's");
+
+    std::fs::write(&path, text.replace("listen = ", "listen == ")).unwrap();
+    let err = gerbang.reload().unwrap_err();
+    assert!(format!("{err:#}").contains("gerbang.toml:"), "{err:#}");
+    assert_eq!(
+        long.echo(b"two").unwrap(),
+        b"two",
+        "the old config still runs"
+    );
+
+    // Now b1 goes and b2 comes; b0 and its flow stay.
+    let services = |text: String| text[text.find("\n[[service]]").unwrap()..].to_string();
+    let new_text = text.replace(&services(with(&[0, 1])), &services(with(&[0, 2])));
+    assert_ne!(new_text, text);
+    std::fs::write(&path, new_text).unwrap();
+    let said = gerbang.reload().unwrap();
+    assert!(said.contains("2 backends (was 2)"), "{said}");
+    assert_eq!(
+        long.echo(b"three").unwrap(),
+        b"three",
+        "b0's flow survived the reload"
+    );
+    for _ in 0..4 {
+        TcpStreamClient::connect(&t.client, vip)
+            .unwrap()
+            .echo(b"z")
+            .unwrap();
+    }
+    assert_eq!(streams[1].connections(), 0, "b1 left the service");
+    assert_eq!(streams[2].connections(), 2, "b2 joined it");
+    assert_eq!(streams[0].connections(), 3);
+    gerbang.stop().unwrap();
+}
