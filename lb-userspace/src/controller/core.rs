@@ -311,8 +311,9 @@ impl Core {
         if plan == self.plan {
             return Ok(());
         }
-        log_changes(&self.plan, &plan);
         self.dataplane.apply(&plan)?;
+        // Logged once applied: a line in the log means the data path already follows it.
+        log_changes(&self.plan, &plan);
         self.plan = plan;
         Ok(())
     }
