@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::PathBuf,
-    time::Duration,
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -17,7 +17,7 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use super::{Command, FIRST_VERDICT_SLACK, Status, StopMode, tasks};
+use super::{Command, FIRST_VERDICT_SLACK, Status, StopMode, UpdateLatency, tasks};
 use crate::{
     config::{CheckKind, Config},
     control::{self, ControlServer, Incoming, Request},
@@ -46,6 +46,8 @@ pub struct Core {
     stop: watch::Sender<Option<StopMode>>,
     sweeps: watch::Receiver<SweepReport>,
     tasks: Vec<JoinHandle<()>>,
+    started: SystemTime,
+    updates: UpdateLatency,
 }
 
 impl Core {
@@ -79,6 +81,8 @@ impl Core {
             stop: watch::Sender::new(None),
             sweeps: watch::channel(SweepReport::default()).1,
             tasks: Vec::new(),
+            started: SystemTime::now(),
+            updates: UpdateLatency::default(),
             config,
             config_path,
         };
@@ -155,11 +159,7 @@ impl Core {
                 let _ = reply.send(self.dataplane.traffic());
             }
             Command::Status(reply) => {
-                let _ = reply.send(Status {
-                    plan: self.plan.clone(),
-                    health: self.health.snapshot(),
-                    last_sweep: *self.sweeps.borrow(),
-                });
+                let _ = reply.send(self.status());
             }
             Command::Reload(reply) => {
                 let _ = reply.send(self.reload().await);
@@ -185,6 +185,27 @@ impl Core {
                 state,
             } => self.set_admin(&service, &backend, state),
         }
+    }
+
+    fn status(&self) -> Result<Status> {
+        Ok(Status {
+            version: env!("CARGO_PKG_VERSION"),
+            started: self.started,
+            dataplane: "xdp",
+            attachments: self
+                .dataplane
+                .attachments()
+                .iter()
+                .map(|a| (a.interface.clone(), a.mode.map_or("taken over", mode_name)))
+                .collect(),
+            plan: self.plan.clone(),
+            admin: self.admin.clone(),
+            health: self.health.snapshot(),
+            traffic: self.dataplane.traffic()?,
+            flows: *self.sweeps.borrow(),
+            flow_table_size: self.config.dataplane.flow_table_size,
+            updates: self.updates.clone(),
+        })
     }
 
     fn on_health(&mut self, change: HealthChange) {
@@ -311,7 +332,9 @@ impl Core {
         if plan == self.plan {
             return Ok(());
         }
+        let started = Instant::now();
         self.dataplane.apply(&plan)?;
+        self.updates.record(started.elapsed());
         // Logged once applied: a line in the log means the data path already follows it.
         log_changes(&self.plan, &plan);
         self.plan = plan;

@@ -8,7 +8,7 @@
 mod core;
 mod tasks;
 
-use std::{path::Path, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration, time::SystemTime};
 
 use anyhow::{Context as _, Result, anyhow};
 use tokio::{
@@ -22,7 +22,7 @@ use crate::{
     config::Config,
     control::{self, ControlServer},
     dataplane::{
-        AdminState,
+        AdminState, BackendKey,
         xdp::{PinDir, SweepReport, TrafficReport},
     },
     health::BackendHealth,
@@ -41,17 +41,61 @@ pub enum StopMode {
     KeepForwarding,
 }
 
-/// What the controller knows, for status displays and tests.
+/// What the controller knows, for the status page, metrics, `gerbang status` and tests.
+/// Built on demand: nothing is counted per packet in userspace.
 #[derive(Clone, Debug)]
 pub struct Status {
+    /// gerbang's version.
+    pub version: &'static str,
+    pub started: SystemTime,
+    /// `"xdp"` (the userspace proxy will say `"userspace"`).
+    pub dataplane: &'static str,
+    /// (interface, attach mode: "native", "generic" or "taken over").
+    pub attachments: Vec<(String, &'static str)>,
     pub plan: crate::dataplane::Plan,
+    /// Backends an operator drained or put in maintenance; the rest are ready.
+    pub admin: BTreeMap<BackendKey, AdminState>,
     pub health: Vec<BackendHealth>,
-    pub last_sweep: SweepReport,
+    pub traffic: TrafficReport,
+    /// What the last sweep of the connection table found (live flows).
+    pub flows: SweepReport,
+    pub flow_table_size: u32,
+    /// How long applying a plan to the data path took.
+    pub updates: UpdateLatency,
+}
+
+/// Durations of data-path updates (plan applies), for a histogram.
+#[derive(Clone, Debug, Default)]
+pub struct UpdateLatency {
+    pub count: u64,
+    pub sum: Duration,
+    pub max: Duration,
+    /// Cumulative counts of updates that took at most each bound in [`UPDATE_BUCKETS`].
+    pub buckets: Vec<u64>,
+}
+
+/// Upper bounds of the update-latency histogram, in seconds.
+pub const UPDATE_BUCKETS: [f64; 8] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05, 0.25];
+
+impl UpdateLatency {
+    pub fn record(&mut self, took: Duration) {
+        if self.buckets.len() != UPDATE_BUCKETS.len() {
+            self.buckets = vec![0; UPDATE_BUCKETS.len()];
+        }
+        self.count += 1;
+        self.sum += took;
+        self.max = self.max.max(took);
+        for (bucket, bound) in self.buckets.iter_mut().zip(UPDATE_BUCKETS) {
+            if took.as_secs_f64() <= bound {
+                *bucket += 1;
+            }
+        }
+    }
 }
 
 enum Command {
     Traffic(oneshot::Sender<Result<TrafficReport>>),
-    Status(oneshot::Sender<Status>),
+    Status(oneshot::Sender<Result<Status>>),
     Reload(oneshot::Sender<Result<String>>),
     SetAdmin {
         service: String,
@@ -62,10 +106,17 @@ enum Command {
     Stop(StopMode, oneshot::Sender<Result<()>>),
 }
 
-/// A handle on the running controller.
+/// The running controller: stop it through this.
 pub struct Controller {
-    commands: mpsc::Sender<Command>,
+    handle: ControllerHandle,
     main: JoinHandle<()>,
+}
+
+/// A cloneable way to ask the running controller things (the status page, metrics and the
+/// signal handler each hold one).
+#[derive(Clone)]
+pub struct ControllerHandle {
+    commands: mpsc::Sender<Command>,
 }
 
 impl Controller {
@@ -86,9 +137,45 @@ impl Controller {
         };
         let (commands, inbox) = mpsc::channel(32);
         let main = tokio::spawn(core.run(inbox, control_requests, control));
-        Ok(Controller { commands, main })
+        Ok(Controller {
+            handle: ControllerHandle { commands },
+            main,
+        })
     }
 
+    pub fn handle(&self) -> ControllerHandle {
+        self.handle.clone()
+    }
+
+    pub async fn traffic(&self) -> Result<TrafficReport> {
+        self.handle.traffic().await
+    }
+
+    pub async fn status(&self) -> Result<Status> {
+        self.handle.status().await
+    }
+
+    pub async fn reload(&self) -> Result<String> {
+        self.handle.reload().await
+    }
+
+    pub async fn set_admin(
+        &self,
+        service: &str,
+        backend: &str,
+        state: AdminState,
+    ) -> Result<String> {
+        self.handle.set_admin(service, backend, state).await
+    }
+
+    pub async fn stop(self, mode: StopMode) -> Result<()> {
+        let result = self.handle.ask(|reply| Command::Stop(mode, reply)).await;
+        let _ = self.main.await;
+        result?
+    }
+}
+
+impl ControllerHandle {
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
         let (reply, answer) = oneshot::channel();
         self.commands
@@ -106,7 +193,7 @@ impl Controller {
     }
 
     pub async fn status(&self) -> Result<Status> {
-        self.ask(Command::Status).await
+        self.ask(Command::Status).await?
     }
 
     /// Reads the configuration file again and applies what changed; on an invalid file the
@@ -128,12 +215,6 @@ impl Controller {
             reply,
         })
         .await?
-    }
-
-    pub async fn stop(self, mode: StopMode) -> Result<()> {
-        let result = self.ask(|reply| Command::Stop(mode, reply)).await;
-        let _ = self.main.await;
-        result?
     }
 }
 
