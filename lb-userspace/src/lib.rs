@@ -10,3 +10,4 @@ pub mod controller;
 pub mod dataplane;
 pub mod health;
 pub mod privileges;
+pub mod vrrp;

@@ -14,7 +14,7 @@ use gerbang::{
 };
 use support::{
     tempdir::TempDir,
-    vrrp::{Lan, Speaker, VIP, VIP2, advert, inject, instance, read_lines, wait_for},
+    vrrp::{Lan, Speaker, VIP, VIP2, WAIT, advert, inject, instance, read_lines, wait_for},
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -35,15 +35,15 @@ fn failover_and_preempt_with_100ms_adverts() {
     let a = Speaker::start(lan.ns(0), vec![instance("web", 51, 200)], &[]).unwrap();
     let b = Speaker::start(lan.ns(1), vec![instance("web", 51, 100)], &[]).unwrap();
 
-    a.wait_state(VrrpState::Master, 2 * SECOND);
-    b.wait_state(VrrpState::Backup, SECOND);
-    lan.wait_sole_holder(0, VIP, SECOND);
-    lan.wait_sole_holder(0, VIP2, SECOND);
+    a.wait_state(VrrpState::Master);
+    b.wait_state(VrrpState::Backup);
+    lan.wait_sole_holder(0, VIP);
+    lan.wait_sole_holder(0, VIP2);
     let neighbour_is = |node: usize| {
         let out = lan.ns(2).ip(["neigh", "show", &VIP.to_string()]).unwrap();
         out.contains(&gerbang_testbed::link::format_mac(lan.mac(node)))
     };
-    wait_for(SECOND, || neighbour_is(0)).expect("gratuitous ARP from node 0");
+    wait_for(WAIT, || neighbour_is(0)).expect("gratuitous ARP from node 0");
     let status = &b.status()[0];
     assert_eq!(status.master, Some(lan.addr(0)));
     assert_eq!(status.counters.drops.total(), 0, "{status:#?}");
@@ -52,24 +52,56 @@ fn failover_and_preempt_with_100ms_adverts() {
     let crashed = Instant::now();
     a.crash();
     lan.power_off(0);
-    b.wait_state(VrrpState::Master, SECOND);
+    b.wait_state(VrrpState::Master);
     let failover = crashed.elapsed();
-    lan.wait_sole_holder(1, VIP, SECOND);
+    lan.wait_sole_holder(1, VIP);
     eprintln!("failover after a crash with 100 ms adverts: {failover:?}");
     assert!(failover < SECOND, "failover took {failover:?}");
-    wait_for(SECOND, || neighbour_is(1)).expect("gratuitous ARP from node 1");
+    wait_for(WAIT, || neighbour_is(1)).expect("gratuitous ARP from node 1");
 
     // Node 0 returns and preempts.
     lan.power_on(0);
     let a = Speaker::start(lan.ns(0), vec![instance("web", 51, 200)], &[]).unwrap();
-    a.wait_state(VrrpState::Master, 2 * SECOND);
-    b.wait_state(VrrpState::Backup, SECOND);
-    lan.wait_sole_holder(0, VIP, SECOND);
-    wait_for(SECOND, || neighbour_is(0)).expect("gratuitous ARP after preempting");
+    a.wait_state(VrrpState::Master);
+    b.wait_state(VrrpState::Backup);
+    lan.wait_sole_holder(0, VIP);
+    wait_for(WAIT, || neighbour_is(0)).expect("gratuitous ARP after preempting");
     let status = &b.status()[0];
     assert_eq!(status.counters.drops.total(), 0, "{status:#?}");
     // backup -> master -> backup, after init -> backup.
     assert_eq!(status.transitions, 3, "{status:#?}");
+}
+
+/// A master that exits leaving its addresses (a hand-over to a new gerbang, SIGUSR2, or a
+/// crash and a quick restart) resumes as master when it starts holding them: the backup
+/// never takes over, so the VIP does not move away and back.
+#[test]
+fn a_quick_restart_holding_the_vips_resumes_as_master() {
+    let lan = Lan::new(2).unwrap();
+    let a = Speaker::start(lan.ns(0), vec![instance("web", 51, 200)], &[]).unwrap();
+    let b = Speaker::start(lan.ns(1), vec![instance("web", 51, 100)], &[]).unwrap();
+    a.wait_state(VrrpState::Master);
+    b.wait_state(VrrpState::Backup);
+    lan.wait_sole_holder(0, VIP);
+
+    a.crash();
+    assert!(
+        lan.holds(0, VIP),
+        "the addresses stay with the exited process's host"
+    );
+    let a = Speaker::start(lan.ns(0), vec![instance("web", 51, 200)], &[]).unwrap();
+    assert_eq!(a.state(), VrrpState::Master, "resumed at once");
+    // Several of the backup's master-down intervals (about 350 ms here) pass quietly.
+    std::thread::sleep(Duration::from_millis(1200));
+    let status = &b.status()[0];
+    assert_eq!(status.state, VrrpState::Backup);
+    assert_eq!(status.transitions, 1, "init -> backup only: {status:#?}");
+    assert_eq!(lan.holders(VIP), [0]);
+
+    // Stopped properly, it gives the addresses up like any master.
+    a.stop();
+    b.wait_state(VrrpState::Master);
+    lan.wait_sole_holder(1, VIP);
 }
 
 /// Without preempt the returning higher-priority node stays backup.
@@ -77,7 +109,7 @@ fn failover_and_preempt_with_100ms_adverts() {
 fn no_preempt_keeps_the_current_master() {
     let lan = Lan::new(2).unwrap();
     let b = Speaker::start(lan.ns(1), vec![instance("web", 52, 100)], &[]).unwrap();
-    b.wait_state(VrrpState::Master, 2 * SECOND);
+    b.wait_state(VrrpState::Master);
     let mut config = instance("web", 52, 200);
     config.preempt = false;
     let a = Speaker::start(lan.ns(0), vec![config], &[]).unwrap();
@@ -96,13 +128,11 @@ fn graceful_stop_hands_over_at_once_and_notifies() {
     let events = dir.path().join("events");
     let with_notify = |priority| {
         let mut config = instance("web", 53, priority);
-        // 1 s adverts: a takeover within 1 s can only come from priority 0.
+        // 1 s adverts: a master down interval of 3.6 s, which priority 0 cuts short.
         config.advert_interval = SECOND;
         let log = |what: &str| {
-            Some(format!(
-                "echo {what} $GERBANG_VRRP_INSTANCE $GERBANG_VRRP_STATE $GERBANG_VRRP_PRIORITY >> {}",
-                events.display()
-            ))
+            let env = "$GERBANG_VRRP_INSTANCE $GERBANG_VRRP_STATE $GERBANG_VRRP_PRIORITY";
+            Some(format!("echo {what} {env} >> {}", events.display()))
         };
         config.notify.master = log(&format!("master{priority}"));
         config.notify.backup = log(&format!("backup{priority}"));
@@ -111,17 +141,17 @@ fn graceful_stop_hands_over_at_once_and_notifies() {
     };
     let a = Speaker::start(lan.ns(0), vec![with_notify(200)], &[]).unwrap();
     let b = Speaker::start(lan.ns(1), vec![with_notify(100)], &[]).unwrap();
-    a.wait_state(VrrpState::Master, 5 * SECOND);
-    b.wait_state(VrrpState::Backup, SECOND);
+    a.wait_state(VrrpState::Master);
+    b.wait_state(VrrpState::Backup);
 
     let stopped = Instant::now();
     a.stop();
-    b.wait_state(VrrpState::Master, SECOND);
+    b.wait_state(VrrpState::Master);
     let takeover = stopped.elapsed();
     eprintln!("takeover after a graceful stop with 1 s adverts: {takeover:?}");
     // The master down interval is 3.6 s: only priority 0 explains a faster takeover.
     assert!(takeover < 2 * SECOND, "takeover took {takeover:?}");
-    lan.wait_sole_holder(1, VIP, SECOND);
+    lan.wait_sole_holder(1, VIP);
     let counters = &b.status()[0].counters;
     assert!(counters.priority_zero_received >= 1, "{counters:#?}");
 
@@ -163,26 +193,26 @@ fn several_instances_and_v2_with_password() {
     let b = Speaker::start(lan.ns(1), vec![instance("web", 61, 200), v2(100)], &[]).unwrap();
     let legacy = [10, 200, 50, 110].into();
     let started = Instant::now();
-    wait_for(6 * SECOND, || {
+    wait_for(WAIT, || {
         a.status()[1].state == VrrpState::Master && b.status()[0].state == VrrpState::Master
     })
     .unwrap();
-    lan.wait_sole_holder(1, VIP, SECOND);
-    lan.wait_sole_holder(0, legacy, SECOND);
+    lan.wait_sole_holder(1, VIP);
+    lan.wait_sole_holder(0, legacy);
     assert_eq!(a.status()[0].state, VrrpState::Backup);
     assert_eq!(b.status()[1].state, VrrpState::Backup);
 
     let crashed = Instant::now();
     a.crash();
     lan.power_off(0);
-    wait_for(5 * SECOND, || b.status()[1].state == VrrpState::Master).unwrap();
+    wait_for(WAIT, || b.status()[1].state == VrrpState::Master).unwrap();
     let failover = crashed.elapsed();
     eprintln!(
         "v2 election in {:?}, failover after a crash with 1 s adverts: {failover:?}",
         crashed - started
     );
     assert!(failover < 5 * SECOND);
-    lan.wait_sole_holder(1, legacy, SECOND);
+    lan.wait_sole_holder(1, legacy);
     for status in b.status() {
         assert_eq!(status.counters.drops.total(), 0, "{status:#?}");
     }
@@ -200,18 +230,18 @@ fn tracked_service_without_backends_hands_the_vip_over() {
     }];
     let a = Speaker::start(lan.ns(0), vec![config], &["web"]).unwrap();
     let b = Speaker::start(lan.ns(1), vec![instance("web", 54, 100)], &[]).unwrap();
-    a.wait_state(VrrpState::Master, 2 * SECOND);
-    lan.wait_sole_holder(0, VIP, SECOND);
+    a.wait_state(VrrpState::Master);
+    lan.wait_sole_holder(0, VIP);
 
     a.set_health("web", 0);
-    b.wait_state(VrrpState::Master, 2 * SECOND);
-    a.wait_state(VrrpState::Backup, SECOND);
-    lan.wait_sole_holder(1, VIP, SECOND);
+    b.wait_state(VrrpState::Master);
+    a.wait_state(VrrpState::Backup);
+    lan.wait_sole_holder(1, VIP);
     assert_eq!(a.status()[0].effective_priority, 50);
 
     a.set_health("web", 2);
-    a.wait_state(VrrpState::Master, 2 * SECOND);
-    lan.wait_sole_holder(0, VIP, SECOND);
+    a.wait_state(VrrpState::Master);
+    lan.wait_sole_holder(0, VIP);
     assert_eq!(a.status()[0].effective_priority, 200);
 }
 
@@ -237,19 +267,19 @@ fn failing_script_with_weight_zero_is_a_fault() {
     let mut backup = instance("web", 55, 100);
     backup.advert_interval = SECOND;
     let b = Speaker::start(lan.ns(1), vec![backup], &[]).unwrap();
-    a.wait_state(VrrpState::Master, 5 * SECOND);
+    a.wait_state(VrrpState::Master);
 
     std::fs::remove_file(&flag).unwrap();
     let failed = Instant::now();
-    a.wait_state(VrrpState::Fault, SECOND);
-    b.wait_state(VrrpState::Master, 2 * SECOND);
+    a.wait_state(VrrpState::Fault);
+    b.wait_state(VrrpState::Master);
     eprintln!("FAULT hand-over with 1 s adverts: {:?}", failed.elapsed());
-    lan.wait_sole_holder(1, VIP, SECOND);
+    lan.wait_sole_holder(1, VIP);
 
     std::fs::write(&flag, "").unwrap();
-    a.wait_state(VrrpState::Backup, SECOND);
-    a.wait_state(VrrpState::Master, 5 * SECOND);
-    lan.wait_sole_holder(0, VIP, SECOND);
+    a.wait_state(VrrpState::Backup);
+    a.wait_state(VrrpState::Master);
+    lan.wait_sole_holder(0, VIP);
 }
 
 /// The own interface going down is a fault too (keepalived's behaviour).
@@ -258,16 +288,16 @@ fn interface_down_is_a_fault() {
     let lan = Lan::new(2).unwrap();
     let a = Speaker::start(lan.ns(0), vec![instance("web", 56, 200)], &[]).unwrap();
     let b = Speaker::start(lan.ns(1), vec![instance("web", 56, 100)], &[]).unwrap();
-    a.wait_state(VrrpState::Master, 2 * SECOND);
+    a.wait_state(VrrpState::Master);
     lan.ns(0)
         .ip(["link", "set", "dev", "lan0", "down"])
         .unwrap();
-    a.wait_state(VrrpState::Fault, SECOND);
-    b.wait_state(VrrpState::Master, SECOND);
+    a.wait_state(VrrpState::Fault);
+    b.wait_state(VrrpState::Master);
     assert!(!lan.holds(0, VIP));
     lan.ns(0).ip(["link", "set", "dev", "lan0", "up"]).unwrap();
-    a.wait_state(VrrpState::Master, 2 * SECOND);
-    lan.wait_sole_holder(0, VIP, SECOND);
+    a.wait_state(VrrpState::Master);
+    lan.wait_sole_holder(0, VIP);
 }
 
 /// Split brain over unicast: a partition makes both nodes master. Once it heals, the tie
@@ -284,21 +314,21 @@ fn split_brain_converges_to_the_higher_address_without_flapping() {
     let a = Speaker::start(lan.ns(0), vec![unicast(0, 1)], &[]).unwrap();
     let b = Speaker::start(lan.ns(1), vec![unicast(1, 0)], &[]).unwrap();
     // Whoever is master first stays: an equal priority does not preempt.
-    wait_for(2 * SECOND, || {
+    wait_for(WAIT, || {
         let states = [a.state(), b.state()];
         states.contains(&VrrpState::Master) && states.contains(&VrrpState::Backup)
     })
     .unwrap();
 
     lan.partition(0, true);
-    a.wait_state(VrrpState::Master, SECOND);
-    b.wait_state(VrrpState::Master, SECOND);
+    a.wait_state(VrrpState::Master);
+    b.wait_state(VrrpState::Master);
     assert_eq!(lan.holders(VIP), [0, 1]);
     let healed = Instant::now();
     lan.partition(0, false);
-    a.wait_state(VrrpState::Backup, SECOND);
+    a.wait_state(VrrpState::Backup);
     eprintln!("split brain healed after {:?}", healed.elapsed());
-    lan.wait_sole_holder(1, VIP, SECOND);
+    lan.wait_sole_holder(1, VIP);
 
     let transitions = || (a.status()[0].transitions, b.status()[0].transitions);
     let before = transitions();
@@ -322,7 +352,7 @@ fn bad_adverts_are_dropped_and_counted() {
     v3.virtual_addresses.truncate(1);
     v3.priority = 255; // the owner: master at once
     let a = Speaker::start(lan.ns(0), vec![v3, v2], &[]).unwrap();
-    wait_for(5 * SECOND, || {
+    wait_for(WAIT, || {
         a.status().iter().all(|s| s.state == VrrpState::Master)
     })
     .unwrap();
@@ -378,7 +408,7 @@ fn bad_adverts_are_dropped_and_counted() {
     // sibling instance's VRID is not its concern.
     let expected = |vrid: u8| cases.iter().filter(|(_, m, _)| m[1] == vrid).count() as u64 + 2;
     let expected = [expected(70), expected(71)];
-    wait_for(2 * SECOND, || {
+    wait_for(WAIT, || {
         let status = a.status();
         (0..2).all(|i| status[i].counters.drops.total() >= expected[i])
     })
@@ -441,7 +471,7 @@ fn start_errors_are_clear() {
         prefix_len: 32,
     }];
     let speaker = Speaker::start(lan.ns(0), vec![host_route], &[]).unwrap();
-    speaker.wait_state(VrrpState::Master, SECOND);
+    speaker.wait_state(VrrpState::Master);
     assert!(lan.holds(0, [192, 0, 2, 10].into()));
     speaker.stop();
     assert!(!lan.holds(0, [192, 0, 2, 10].into()));

@@ -47,6 +47,10 @@ const PACKAGES: &[Package] = &[
         name: "nftables",
         program: "nft",
     },
+    Package {
+        name: "keepalived",
+        program: "keepalived",
+    },
 ];
 
 /// LLVM's development files: wanted only while bpf-linker still has to be built.

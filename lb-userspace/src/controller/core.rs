@@ -29,6 +29,7 @@ use crate::{
         },
     },
     health::{CheckTarget, HealthChange, HealthMonitor},
+    vrrp::{VrrpRunner, VrrpState, VrrpStatus},
 };
 
 pub struct Core {
@@ -48,6 +49,10 @@ pub struct Core {
     tasks: Vec<JoinHandle<()>>,
     started: SystemTime,
     updates: UpdateLatency,
+    /// Backends up per service, for VRRP's `track_services`.
+    service_health: watch::Sender<BTreeMap<String, usize>>,
+    vrrp: Option<VrrpRunner>,
+    vrrp_states: watch::Receiver<Vec<VrrpStatus>>,
 }
 
 impl Core {
@@ -67,10 +72,23 @@ impl Core {
         health.set_targets(check_targets(&config));
         let healthy = health.first_verdicts(first_verdict_wait(&config)).await;
 
+        let service_health = watch::Sender::new(backends_up(&config, &healthy));
+        let vrrp = if config.vrrp.is_empty() {
+            None
+        } else {
+            Some(VrrpRunner::start(&config.vrrp, service_health.subscribe()).await?)
+        };
+        let vrrp_states = vrrp
+            .as_ref()
+            .map_or_else(|| watch::channel(Vec::new()).1, VrrpRunner::subscribe);
+
         let mut core = Core {
             plan: Plan {
                 services: Vec::new(),
             },
+            service_health,
+            vrrp,
+            vrrp_states,
             dataplane,
             health,
             health_changes,
@@ -126,9 +144,16 @@ impl Core {
         mut control_requests: mpsc::Receiver<Incoming>,
         control: ControlServer,
     ) {
+        let mut vrrp_states = self.vrrp_states.clone();
         loop {
             tokio::select! {
                 Some(change) = self.health_changes.recv() => self.on_health(change),
+                Ok(()) = vrrp_states.changed() => {
+                    // A VIP arrived or left: its services follow it.
+                    if let Err(err) = self.replan() {
+                        error!("following a VRRP transition: {err:#}");
+                    }
+                }
                 command = inbox.recv() => match command {
                     Some(Command::Stop(mode, reply)) => {
                         control.stop();
@@ -205,6 +230,7 @@ impl Core {
             flows: *self.sweeps.borrow(),
             flow_table_size: self.config.dataplane.flow_table_size,
             updates: self.updates.clone(),
+            vrrp: self.vrrp_states.borrow().clone(),
         })
     }
 
@@ -274,6 +300,7 @@ impl Core {
                 new.dataplane.flow_table_size != old.dataplane.flow_table_size,
             ),
             ("control.socket", new.control.socket != old.control.socket),
+            ("[[vrrp]]", new.vrrp != old.vrrp),
         ] {
             if changed {
                 notes.push(format!("{what} changes only at the next start"));
@@ -317,8 +344,12 @@ impl Core {
         Ok(message)
     }
 
-    /// Computes the plan from the current state and applies it if it differs.
+    /// Computes the plan from the current state and applies it if it differs. A service
+    /// whose VIP a VRRP instance manages is live only while that instance is master.
     fn replan(&mut self) -> Result<()> {
+        self.service_health.send_if_modified(|up| {
+            replace_if_changed(up, backends_up(&self.config, &self.healthy))
+        });
         let statuses: BTreeMap<BackendKey, BackendStatus> = backend_keys(&self.config)
             .map(|key| {
                 let status = BackendStatus {
@@ -328,7 +359,10 @@ impl Core {
                 (key, status)
             })
             .collect();
-        let plan = Plan::compute(&self.config, &statuses);
+        let mut plan = Plan::compute(&self.config, &statuses);
+        let held = self.vrrp_held();
+        plan.services
+            .retain(|s| held.get(s.listen.ip()).copied().unwrap_or(true));
         if plan == self.plan {
             return Ok(());
         }
@@ -341,7 +375,27 @@ impl Core {
         Ok(())
     }
 
+    /// VRRP-managed addresses, each with whether this node holds it (is master).
+    fn vrrp_held(&self) -> BTreeMap<Ipv4Addr, bool> {
+        let states = self.vrrp_states.borrow();
+        let mut held = BTreeMap::new();
+        for (config, status) in self.config.vrrp.iter().zip(states.iter()) {
+            for vip in &config.virtual_addresses {
+                let master = status.state == VrrpState::Master;
+                *held.entry(vip.address).or_insert(false) |= master;
+            }
+        }
+        held
+    }
+
     async fn stop(mut self, mode: StopMode) -> Result<()> {
+        // A graceful stop hands the VIPs to the peer at once (priority 0); a hand-over
+        // leaves them here, where the next gerbang resumes as master.
+        if let Some(vrrp) = self.vrrp.take() {
+            if mode == StopMode::Detach {
+                vrrp.stop().await;
+            }
+        }
         self.stop.send_replace(Some(mode));
         self.health.stop();
         let mut tasks = std::mem::take(&mut self.tasks).into_iter();
@@ -368,6 +422,34 @@ impl Core {
         }
         self.dataplane.close(detach)
     }
+}
+
+/// Healthy backends per service, whatever their admin state: what VRRP's
+/// `track_services` follows ("a service with no backend UP").
+fn backends_up(config: &Config, healthy: &BTreeMap<BackendKey, bool>) -> BTreeMap<String, usize> {
+    config
+        .services
+        .iter()
+        .map(|s| {
+            let up = s
+                .backends
+                .iter()
+                .filter(|b| {
+                    let key = (s.name.clone(), b.name.clone());
+                    healthy.get(&key).copied().unwrap_or(true)
+                })
+                .count();
+            (s.name.clone(), up)
+        })
+        .collect()
+}
+
+fn replace_if_changed<T: PartialEq>(slot: &mut T, value: T) -> bool {
+    if *slot == value {
+        return false;
+    }
+    *slot = value;
+    true
 }
 
 fn backend_keys(config: &Config) -> impl Iterator<Item = BackendKey> + '_ {

@@ -62,6 +62,8 @@ pub struct Status {
     pub flow_table_size: u32,
     /// How long applying a plan to the data path took.
     pub updates: UpdateLatency,
+    /// Every VRRP instance, in configuration order.
+    pub vrrp: Vec<crate::vrrp::VrrpStatus>,
 }
 
 /// Durations of data-path updates (plan applies), for a histogram.

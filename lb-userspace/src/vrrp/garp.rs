@@ -72,7 +72,12 @@ fn link_address(ifindex: u32) -> SockAddr {
     ll.sll_halen = 6;
     ll.sll_addr[..6].copy_from_slice(&BROADCAST);
     // SAFETY: the storage holds an initialised sockaddr_ll of that length.
-    unsafe { SockAddr::new(storage, mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t) }
+    unsafe {
+        SockAddr::new(
+            storage,
+            mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    }
 }
 
 #[cfg(test)]

@@ -26,7 +26,8 @@ use super::{
 };
 use crate::config::{VrrpConfig, VrrpVersion};
 
-/// Enough for any IPv4 packet carrying a VRRP message (at most 20 + 40 + 1036 bytes).
+/// Enough for any IPv4 packet carrying a VRRP message: a header of at most 60 bytes and a
+/// message of at most 1036.
 const RECEIVE_BUFFER: usize = 2048;
 /// Pause after a failed receive, so a persistent socket error does not spin.
 const RECEIVE_RETRY: Duration = Duration::from_millis(100);
@@ -77,7 +78,13 @@ impl Instance {
             &config.unicast_peers,
         )?;
         let garp = Garp::open(interface.index, interface.mac)?;
-        let vips = Vips::new(netlink.clone(), &interface, &config.virtual_addresses);
+        let owner = config.priority == 255;
+        let vips = Vips::new(
+            netlink.clone(),
+            &interface,
+            &config.virtual_addresses,
+            owner,
+        );
         let profile = Profile {
             version: config.version,
             vrid: config.virtual_router_id,
@@ -125,11 +132,19 @@ impl Instance {
             version = %self.config.version,
             priority = self.config.priority,
             source = %self.socket.source(),
-            to = if peers.is_empty() { "224.0.0.18".to_owned() } else { peers.join(",") },
+            to = if peers.is_empty() {
+                VrrpConfig::MULTICAST_GROUP.to_string()
+            } else {
+                peers.join(",")
+            },
             "VRRP instance starting"
         );
         self.on_tracking(&mut tracker).await;
-        let actions = self.machine.start(Instant::now());
+        // Holding every address at start means this node was master a moment ago and
+        // traffic still comes here: carry on as master rather than let the peer's timer
+        // move the addresses away and (with preempt) back.
+        let resume = self.vips.all_present();
+        let actions = self.machine.start(Instant::now(), resume);
         self.apply(actions).await;
         self.publish();
 
@@ -172,9 +187,12 @@ impl Instance {
                     counters.priority_zero_received += 1;
                 }
                 let interval = Duration::from_millis(u64::from(advert.interval_cs) * 10);
-                let actions =
-                    self.machine
-                        .on_advert(Instant::now(), advert.source, advert.priority, interval);
+                let actions = self.machine.on_advert(
+                    Instant::now(),
+                    advert.source,
+                    advert.priority,
+                    interval,
+                );
                 self.apply(actions).await;
             }
             Err(reason) => {
@@ -312,7 +330,8 @@ impl Instance {
         }
         for vip in &self.config.virtual_addresses {
             if let Err(error) = self.garp.announce(vip.address) {
-                debug!(instance = %self.config.name, address = %vip.address, "gratuitous ARP: {error}");
+                let instance = &self.config.name;
+                debug!(%instance, address = %vip.address, "gratuitous ARP: {error}");
             }
         }
         self.garp_left -= 1;
@@ -343,7 +362,7 @@ fn interval_centiseconds(config: &VrrpConfig) -> Result<u16> {
         VrrpVersion::V3 => (10_000_000, 1..=4095),
     };
     let count = nanos / unit;
-    if nanos % unit != 0 || !range.contains(&count) {
+    if !nanos.is_multiple_of(unit) || !range.contains(&count) {
         bail!(
             "advert_interval {:?} cannot be sent in {}: it takes {}",
             config.advert_interval,

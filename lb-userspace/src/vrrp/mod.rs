@@ -90,7 +90,7 @@ pub struct VrrpCounters {
 }
 
 /// Dropped packets per [`DropReason`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Drops([u64; DropReason::ALL.len()]);
 
 impl Drops {
@@ -104,11 +104,23 @@ impl Drops {
 
     /// Every reason with its count, zeros included.
     pub fn iter(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
-        DropReason::ALL.into_iter().map(|reason| (reason, self.get(reason)))
+        DropReason::ALL
+            .into_iter()
+            .map(|reason| (reason, self.get(reason)))
     }
 
     fn count(&mut self, reason: DropReason) {
         self.0[reason as usize] += 1;
+    }
+}
+
+impl std::fmt::Debug for Drops {
+    /// The reasons that counted anything, by name.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let counted = self.iter().filter(|&(_, count)| count > 0);
+        f.debug_map()
+            .entries(counted.map(|(reason, count)| (reason.as_str(), count)))
+            .finish()
     }
 }
 
@@ -162,7 +174,8 @@ impl VrrpRunner {
         for (instance, config) in prepared.into_iter().zip(instances) {
             let (scripts, script_tasks) = track::spawn_scripts(&config.name, &config.track_scripts);
             background.0.extend(script_tasks);
-            let tracker = track::Tracker::new(config, service_health.clone(), links.clone(), scripts);
+            let tracker =
+                track::Tracker::new(config, service_health.clone(), links.clone(), scripts);
             running
                 .0
                 .push(tokio::spawn(instance.run(tracker, stopped.clone())));

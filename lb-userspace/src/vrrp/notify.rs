@@ -30,7 +30,10 @@ pub async fn run(command: &str, instance: &str, state: &str, priority: u8) {
             .await
             .is_err()
     {
-        warn!(instance, state, "notify command still running after {STOP_WAIT:?}; not waiting");
+        warn!(
+            instance,
+            state, "notify command still running after {STOP_WAIT:?}; not waiting"
+        );
     }
 }
 

@@ -485,7 +485,10 @@ mod tests {
         assert_eq!(&message[..6], &[0x21, 51, 150, 2, AUTH_PASSWORD, 1]);
         assert_eq!(&message[16..], b"secret\0\0");
         assert_eq!(checksum(&[&message]), 0);
-        assert_eq!(profile.decode(&advert(&profile, 150)).unwrap().priority, 150);
+        assert_eq!(
+            profile.decode(&advert(&profile, 150)).unwrap().priority,
+            150
+        );
     }
 
     #[test]
@@ -669,6 +672,14 @@ mod tests {
             reason(&profile, &ip(SOURCE, GROUP, TTL, &multicast)),
             DropReason::Peer
         );
+    }
+
+    #[test]
+    fn reasons_are_listed_in_declaration_order() {
+        // Counters are indexed by discriminant.
+        for (index, reason) in DropReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, index, "{reason}");
+        }
     }
 
     #[test]

@@ -49,10 +49,7 @@ impl VrrpSocket {
                     &InterfaceIndexOrAddress::Index(ifindex),
                 )
                 .with_context(|| {
-                    format!(
-                        "joining {} on {interface}",
-                        VrrpConfig::MULTICAST_GROUP
-                    )
+                    format!("joining {} on {interface}", VrrpConfig::MULTICAST_GROUP)
                 })?;
             vec![VrrpConfig::MULTICAST_GROUP]
         } else {

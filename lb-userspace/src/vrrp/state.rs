@@ -54,12 +54,18 @@ impl fmt::Display for VrrpState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     Startup,
+    /// Started holding the addresses: a previous run was master (hand-over, crash).
+    Resumed,
     /// Priority 255: the owner of the addresses is master without waiting.
     Owner,
-    /// No advertisement from a master for `Master_Down_Interval`.
+    /// No advertisement from a master that outranks us for `Master_Down_Interval` (a
+    /// silent master, or a lower-priority one being preempted).
     MasterDown,
     /// A master with a higher priority, or the same priority and a higher address.
-    Preempted { by: Ipv4Addr, priority: u8 },
+    Preempted {
+        by: Ipv4Addr,
+        priority: u8,
+    },
     Fault,
     FaultCleared,
     Shutdown,
@@ -69,8 +75,11 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Startup => f.write_str("started"),
+            Self::Resumed => f.write_str("resumed as master: started holding the addresses"),
             Self::Owner => f.write_str("address owner (priority 255)"),
-            Self::MasterDown => f.write_str("no advertisement within the master down interval"),
+            Self::MasterDown => {
+                f.write_str("master down timer expired (no master of equal or higher priority)")
+            }
             Self::Preempted { by, priority } => {
                 write!(f, "advertisement from {by} with priority {priority} wins")
             }
@@ -172,13 +181,18 @@ impl Machine {
         }
     }
 
-    /// The Startup event of the Initialize state.
-    pub fn start(&mut self, now: Instant) -> Vec<Action> {
+    /// The Startup event of the Initialize state. With `resume`, the node starts as master
+    /// (it held the addresses when it started); a peer that outranks it takes over through
+    /// the usual election, within an advertisement interval.
+    pub fn start(&mut self, now: Instant, resume: bool) -> Vec<Action> {
         if self.state != VrrpState::Init {
             return Vec::new();
         }
         if self.fault {
             return vec![self.enter(VrrpState::Fault, Reason::Fault)];
+        }
+        if resume {
+            return self.become_master(now, Reason::Resumed);
         }
         self.start_election(now, Reason::Startup)
     }
@@ -288,8 +302,8 @@ impl Machine {
             return;
         }
         let lower = priority < self.priority;
-        let delaying = !self.params.preempt_delay.is_zero()
-            && self.preempt_at.is_none_or(|at| now < at);
+        let delaying =
+            !self.params.preempt_delay.is_zero() && self.preempt_at.is_none_or(|at| now < at);
         if !self.params.preempt || !lower || delaying {
             if self.params.learn_interval {
                 self.master_adver_interval = interval;
@@ -327,10 +341,7 @@ impl Machine {
             }
             self.master_down_timer = Some(now + self.master_down_interval());
             self.master = Some(from);
-            return vec![self.enter(
-                VrrpState::Backup,
-                Reason::Preempted { by: from, priority },
-            )];
+            return vec![self.enter(VrrpState::Backup, Reason::Preempted { by: from, priority })];
         }
         if theirs < ours {
             // RFC 9568: assert mastership at once, which ends a split brain within one
@@ -395,7 +406,7 @@ mod tests {
     /// A machine that reached master through the down timer.
     fn master(priority: u8, t0: Instant) -> (Machine, Instant) {
         let mut m = machine(priority);
-        m.start(t0);
+        m.start(t0, false);
         let t = m.next_deadline().unwrap();
         m.on_timer(t);
         assert_eq!(m.state(), VrrpState::Master);
@@ -423,10 +434,29 @@ mod tests {
         assert_eq!(fast.master_down_interval(), Duration::from_micros(321_875));
         // Learning a master's interval changes the skew.
         let t = Instant::now();
-        fast.start(t);
+        fast.start(t, false);
         fast.on_advert(t, HIGHER_IP, 250, 2 * SECOND);
         assert_eq!(fast.skew_time(), 2 * SECOND * 56 / 256);
-        assert_eq!(fast.next_deadline(), Some(t + 6 * SECOND + 2 * SECOND * 56 / 256));
+        assert_eq!(
+            fast.next_deadline(),
+            Some(t + 6 * SECOND + 2 * SECOND * 56 / 256)
+        );
+    }
+
+    #[test]
+    fn starting_with_the_addresses_resumes_as_master_and_yields_to_a_higher_master() {
+        let t = Instant::now();
+        let mut m = machine(100);
+        assert_eq!(
+            m.start(t, true),
+            vec![
+                send(100),
+                transition(VrrpState::Init, VrrpState::Master, Reason::Resumed)
+            ]
+        );
+        // A peer that outranks it still wins the election.
+        m.on_advert(t + MS, HIGHER_IP, 150, SECOND);
+        assert_eq!(m.state(), VrrpState::Backup);
     }
 
     #[test]
@@ -434,8 +464,12 @@ mod tests {
         let t = Instant::now();
         let mut m = machine(100);
         assert_eq!(
-            m.start(t),
-            vec![transition(VrrpState::Init, VrrpState::Backup, Reason::Startup)]
+            m.start(t, false),
+            vec![transition(
+                VrrpState::Init,
+                VrrpState::Backup,
+                Reason::Startup
+            )]
         );
         assert_eq!(m.next_deadline(), Some(t + m.master_down_interval()));
         let just_before = t + m.master_down_interval() - MS;
@@ -460,7 +494,7 @@ mod tests {
         let t = Instant::now();
         let mut m = machine(PRIORITY_OWNER);
         assert_eq!(
-            m.start(t),
+            m.start(t, false),
             vec![
                 send(255),
                 transition(VrrpState::Init, VrrpState::Master, Reason::Owner)
@@ -473,7 +507,7 @@ mod tests {
     fn backup_follows_a_higher_master_and_learns_its_interval() {
         let t = Instant::now();
         let mut m = machine(100);
-        m.start(t);
+        m.start(t, false);
         let later = t + 2 * SECOND;
         assert!(m.on_advert(later, HIGHER_IP, 200, 3 * SECOND).is_empty());
         assert_eq!(m.master(), Some(HIGHER_IP));
@@ -496,7 +530,7 @@ mod tests {
             },
             100,
         );
-        m.start(t);
+        m.start(t, false);
         m.on_advert(t, HIGHER_IP, 200, 3 * SECOND);
         assert_eq!(m.master_down_interval(), 3 * SECOND + SECOND * 156 / 256);
     }
@@ -505,7 +539,7 @@ mod tests {
     fn preempt_ignores_a_lower_master_so_the_backup_takes_over() {
         let t = Instant::now();
         let mut m = machine(200);
-        m.start(t);
+        m.start(t, false);
         let deadline = m.next_deadline().unwrap();
         // Lower-priority adverts do not reset the down timer.
         assert!(m.on_advert(t + SECOND, HIGHER_IP, 100, SECOND).is_empty());
@@ -526,7 +560,7 @@ mod tests {
             },
             200,
         );
-        m.start(t);
+        m.start(t, false);
         m.on_advert(t + SECOND, HIGHER_IP, 100, SECOND);
         assert_eq!(
             m.next_deadline(),
@@ -545,7 +579,7 @@ mod tests {
             },
             200,
         );
-        m.start(t);
+        m.start(t, false);
         // First lower advert starts the delay and is followed.
         m.on_advert(t, HIGHER_IP, 100, SECOND);
         assert_eq!(m.next_deadline(), Some(t + m.master_down_interval()));
@@ -571,7 +605,7 @@ mod tests {
             },
             200,
         );
-        m.start(t);
+        m.start(t, false);
         m.on_advert(t, HIGHER_IP, 100, SECOND);
         m.on_advert(t + SECOND, HIGHER_IP, 250, SECOND);
         // The delay counts again from the next lower-priority master.
@@ -584,7 +618,7 @@ mod tests {
     fn backup_takes_over_after_skew_on_priority_zero() {
         let t = Instant::now();
         let mut m = machine(100);
-        m.start(t);
+        m.start(t, false);
         m.on_advert(t, HIGHER_IP, 200, SECOND);
         let stop = t + SECOND / 2;
         assert!(m.on_advert(stop, HIGHER_IP, 0, SECOND).is_empty());
@@ -658,8 +692,8 @@ mod tests {
         );
         let mut low = machine(150);
         let (t_high, t_low) = (t, t + 3 * SECOND);
-        high.start(t_high);
-        low.start(t_low);
+        high.start(t_high, false);
+        low.start(t_low, false);
         high.on_timer(high.next_deadline().unwrap());
         low.on_timer(low.next_deadline().unwrap());
         let now = t + 10 * SECOND;
@@ -691,7 +725,7 @@ mod tests {
         );
         assert_eq!(m.next_deadline(), None);
         let mut b = machine(100);
-        b.start(Instant::now());
+        b.start(Instant::now(), false);
         assert_eq!(
             b.shutdown(),
             vec![transition(
@@ -734,14 +768,18 @@ mod tests {
         let mut m = machine(100);
         assert!(m.set_fault(t, true).is_empty());
         assert_eq!(
-            m.start(t),
+            m.start(t, false),
             vec![transition(VrrpState::Init, VrrpState::Fault, Reason::Fault)]
         );
         let mut b = machine(100);
-        b.start(t);
+        b.start(t, false);
         assert_eq!(
             b.set_fault(t, true),
-            vec![transition(VrrpState::Backup, VrrpState::Fault, Reason::Fault)]
+            vec![transition(
+                VrrpState::Backup,
+                VrrpState::Fault,
+                Reason::Fault
+            )]
         );
     }
 

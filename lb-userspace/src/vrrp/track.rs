@@ -23,10 +23,7 @@ use netlink_packet_route::{
     RouteNetlinkMessage,
     link::{LinkAttribute, LinkFlags, LinkMessage},
 };
-use rtnetlink::{
-    MulticastGroup,
-    packet_core::NetlinkPayload,
-};
+use rtnetlink::{MulticastGroup, packet_core::NetlinkPayload};
 use tokio::{
     process::Command,
     sync::watch,
@@ -69,22 +66,30 @@ pub async fn watch_links() -> Result<(Links, Vec<JoinHandle<()>>)> {
                 _ => false,
             });
         }
+        warn!("the link state monitor ended: tracked interfaces keep their last state");
     });
     Ok((receiver, vec![connection, monitor]))
 }
 
 /// Records `link`'s state (`exists` false: it was deleted); whether anything changed.
 fn update(links: &mut BTreeMap<String, bool>, link: &LinkMessage, exists: bool) -> bool {
-    let Some(name) = link.attributes.iter().find_map(|attribute| match attribute {
-        LinkAttribute::IfName(name) => Some(name.clone()),
-        _ => None,
-    }) else {
+    let Some(name) = link
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            LinkAttribute::IfName(name) => Some(name.clone()),
+            _ => None,
+        })
+    else {
         return false;
     };
     if !exists {
         return links.remove(&name).is_some();
     }
-    let up = link.header.flags.contains(LinkFlags::Up | LinkFlags::Running);
+    let up = link
+        .header
+        .flags
+        .contains(LinkFlags::Up | LinkFlags::Running);
     links.insert(name, up) != Some(up)
 }
 
@@ -162,7 +167,8 @@ async fn run_once(instance: &str, script: &TrackScript) -> bool {
                 let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
             }
             let _ = child.wait().await;
-            debug!(instance, script = %script.name, timeout = ?script.timeout, "track script timed out");
+            let timeout = script.timeout;
+            debug!(instance, script = %script.name, ?timeout, "track script timed out");
             false
         }
     }

@@ -1,8 +1,10 @@
 //! The instance's interface as the kernel knows it, and the virtual addresses a master
 //! adds to it over rtnetlink.
 //!
-//! Only addresses this instance added are ever removed: a virtual address that was on the
-//! interface before (configured by hand, or the owner's own address) stays.
+//! A virtual address belongs to its VRRP instance, as with keepalived: one found on the
+//! interface at start was left there by a previous run (a hand-over or a crash) and is
+//! removed like any other when the instance is not master. The address owner's own
+//! address (priority 255) is the exception: it is the interface's real address and stays.
 
 use std::{
     collections::BTreeSet,
@@ -35,12 +37,17 @@ impl Interface {
     /// Looks `name` up in the caller's network namespace.
     pub async fn lookup(netlink: &Handle, name: &str) -> Result<Interface> {
         let missing = || anyhow!("interface {name} does not exist in this network namespace");
-        let link = match netlink.link().get().match_name(name).execute().try_next().await {
+        let link = match netlink
+            .link()
+            .get()
+            .match_name(name)
+            .execute()
+            .try_next()
+            .await
+        {
             Ok(Some(link)) => link,
             Ok(None) => return Err(missing()),
-            Err(rtnetlink::Error::NetlinkError(message))
-                if message.raw_code() == -libc::ENODEV =>
-            {
+            Err(rtnetlink::Error::NetlinkError(message)) if message.raw_code() == -libc::ENODEV => {
                 return Err(missing());
             }
             Err(error) => return Err(anyhow!(error).context(format!("looking up {name}"))),
@@ -70,10 +77,13 @@ impl Interface {
             if message.header.family != AddressFamily::Inet {
                 continue;
             }
-            let local = message.attributes.iter().find_map(|attribute| match attribute {
-                AddressAttribute::Local(IpAddr::V4(address)) => Some(*address),
-                _ => None,
-            });
+            let local = message
+                .attributes
+                .iter()
+                .find_map(|attribute| match attribute {
+                    AddressAttribute::Local(IpAddr::V4(address)) => Some(*address),
+                    _ => None,
+                });
             let Some(address) = local else { continue };
             let entry = (address, message.header.prefix_len);
             if message.header.flags.contains(AddressHeaderFlags::Secondary) {
@@ -139,7 +149,9 @@ impl Interface {
 }
 
 fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix_len: u8) -> bool {
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0);
     u32::from(a) & mask == u32::from(b) & mask
 }
 
@@ -154,18 +166,26 @@ pub struct Vips {
 }
 
 impl Vips {
-    /// Warns about virtual addresses already on the interface: this instance will not
-    /// remove them, so they stay in every state.
-    pub fn new(netlink: Handle, interface: &Interface, addresses: &[VirtualAddress]) -> Vips {
-        for vip in addresses {
-            if interface.addresses.iter().any(|(a, _)| *a == vip.address) {
-                warn!(
-                    interface = %interface.name,
-                    address = %vip.address,
-                    "virtual address already on the interface; gerbang did not add it and will \
-                     not remove it, so this host holds it in every VRRP state (remove it by hand \
-                     unless this host owns it)"
-                );
+    /// Takes charge of the virtual addresses; those already on the interface (a previous
+    /// run's) are taken as its own, unless `owner` (priority 255, where they are the
+    /// interface's real addresses).
+    pub fn new(
+        netlink: Handle,
+        interface: &Interface,
+        addresses: &[VirtualAddress],
+        owner: bool,
+    ) -> Vips {
+        let mut added = BTreeSet::new();
+        if !owner {
+            for vip in addresses {
+                if interface.addresses.iter().any(|(a, _)| *a == vip.address) {
+                    info!(
+                        interface = %interface.name,
+                        address = %vip.address,
+                        "virtual address already on the interface (left by a previous run)"
+                    );
+                    added.insert(vip.address);
+                }
             }
         }
         Vips {
@@ -173,8 +193,18 @@ impl Vips {
             interface: interface.name.clone(),
             index: interface.index,
             addresses: addresses.to_vec(),
-            added: BTreeSet::new(),
+            added,
         }
+    }
+
+    /// Whether every virtual address is on the interface: a previous run was master and
+    /// handed over (SIGUSR2) or crashed, and traffic still arrives here.
+    pub fn all_present(&self) -> bool {
+        !self.addresses.is_empty()
+            && self
+                .addresses
+                .iter()
+                .all(|vip| self.added.contains(&vip.address))
     }
 
     /// Adds every virtual address. Continues past failures and reports the first.
@@ -184,10 +214,10 @@ impl Vips {
             if self.added.contains(&vip.address) {
                 continue;
             }
-            let request = self
-                .netlink
-                .address()
-                .add(self.index, IpAddr::V4(vip.address), vip.prefix_len);
+            let request =
+                self.netlink
+                    .address()
+                    .add(self.index, IpAddr::V4(vip.address), vip.prefix_len);
             match request.execute().await {
                 Ok(()) => {
                     self.added.insert(vip.address);
@@ -224,7 +254,8 @@ impl Vips {
                 Err(rtnetlink::Error::NetlinkError(message))
                     if message.raw_code() == -libc::EADDRNOTAVAIL => {}
                 Err(error) => {
-                    warn!(interface = %self.interface, address = %vip, "removing virtual address: {error}")
+                    let interface = &self.interface;
+                    warn!(%interface, address = %vip, "removing virtual address: {error}")
                 }
             }
         }

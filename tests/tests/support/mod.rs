@@ -6,3 +6,4 @@ pub mod frames;
 pub mod gerbang;
 pub mod proxy;
 pub mod tempdir;
+pub mod vrrp;

@@ -22,7 +22,7 @@ use gerbang::{
     config::Config,
     dataplane::{
         AdminState, BackendStatus, Dataplane as _, Plan,
-        proxy::{ActiveFlows, ProxyDataplane, ProxyOptions},
+        proxy::{ActiveFlows, ProxyDataplane, ProxyOptions, RelayMode},
         xdp::TrafficReport,
     },
 };
@@ -198,6 +198,9 @@ pub const DRAINED: BackendStatus = BackendStatus {
 /// Environment variable that makes a test binary run [`child_main`] instead of tests.
 pub const CHILD_CONFIG_ENV: &str = "GERBANG_PROXY_CHILD_CONFIG";
 
+/// Environment variable choosing the child's relay mode: `copy`, `splice`, else auto.
+pub const CHILD_RELAY_ENV: &str = "GERBANG_PROXY_CHILD_RELAY";
+
 /// The proxy in a process of its own: this test binary re-run with [`CHILD_CONFIG_ENV`]
 /// set, so its resident memory is the proxy's (plus the test harness's).
 pub struct ProxyProcess {
@@ -207,8 +210,18 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts this test binary as a proxy for `config` in `ns`, running only the test
     /// named `child_test` (which must call [`child_main`]).
-    pub fn start(ns: &Netns, config_path: &Path, child_test: &str) -> Result<Self> {
+    pub fn start(
+        ns: &Netns,
+        config_path: &Path,
+        child_test: &str,
+        relay: RelayMode,
+    ) -> Result<Self> {
         let exe = std::env::current_exe()?;
+        let relay = match relay {
+            RelayMode::Auto => "auto",
+            RelayMode::Splice => "splice",
+            RelayMode::Copy => "copy",
+        };
         let cmd = Cmd::new(exe)
             .args([
                 child_test,
@@ -217,10 +230,15 @@ impl ProxyProcess {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env(CHILD_CONFIG_ENV, config_path);
+            .env(CHILD_CONFIG_ENV, config_path)
+            .env(CHILD_RELAY_ENV, relay);
         Ok(Self {
             child: ns.spawn(&cmd)?,
         })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
     }
 
     /// Resident memory of the proxy process, in KiB (`VmRSS`).
@@ -240,18 +258,28 @@ impl ProxyProcess {
 }
 
 /// The body of the child test: when [`CHILD_CONFIG_ENV`] is set, runs the proxy for that
-/// config with every backend healthy, on a multi-thread runtime, until killed.
+/// config with every backend healthy, on a multi-thread runtime as the binary does, until
+/// killed.
 pub fn child_main() {
     let Some(path) = std::env::var_os(CHILD_CONFIG_ENV) else {
         return;
     };
     let config = Config::load(Path::new(&path)).expect("child proxy config");
+    let relay = match std::env::var(CHILD_RELAY_ENV).as_deref() {
+        Ok("copy") => RelayMode::Copy,
+        Ok("splice") => RelayMode::Splice,
+        _ => RelayMode::Auto,
+    };
+    let options = ProxyOptions {
+        relay,
+        ..ProxyOptions::default()
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let mut proxy = ProxyDataplane::start(&config)
+        let mut proxy = ProxyDataplane::start_with(&config, &options)
             .await
             .expect("starting the proxy");
         proxy

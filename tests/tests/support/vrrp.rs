@@ -38,6 +38,9 @@ pub const IFACE: &str = "lan0";
 /// The first virtual address; instances use it and the next few.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 50, 100);
 pub const VIP2: Ipv4Addr = Ipv4Addr::new(10, 200, 50, 101);
+/// How long a helper waits for something to happen before the test fails: generous, so
+/// that a loaded machine does not fail a test. Tests assert on measured times instead.
+pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Namespaces joined by a bridge.
 pub struct Lan {
@@ -95,15 +98,15 @@ impl Lan {
             .collect()
     }
 
-    /// Waits until exactly `node` holds `address`; returns how long that took.
-    pub fn wait_sole_holder(&self, node: usize, address: Ipv4Addr, timeout: Duration) -> Duration {
-        wait_for(timeout, || self.holders(address) == [node])
-            .unwrap_or_else(|_| {
-                panic!(
-                    "node {node} is not the only holder of {address} after {timeout:?}: held by {:?}",
-                    self.holders(address)
-                )
-            })
+    /// Waits (up to [`WAIT`]) until exactly `node` holds `address`; returns how long
+    /// that took.
+    pub fn wait_sole_holder(&self, node: usize, address: Ipv4Addr) -> Duration {
+        wait_for(WAIT, || self.holders(address) == [node]).unwrap_or_else(|_| {
+            panic!(
+                "node {node} is not the only holder of {address} after {WAIT:?}: held by {:?}",
+                self.holders(address)
+            )
+        })
     }
 
     /// Takes `node` off the LAN as a host that lost power would be: its link goes down and
@@ -125,7 +128,11 @@ impl Lan {
     /// ends): a partition, not a failure.
     pub fn partition(&self, node: usize, cut: bool) {
         let port = format!("p{node}");
-        let how: &[&str] = if cut { &["nomaster"] } else { &["master", "br0"] };
+        let how: &[&str] = if cut {
+            &["nomaster"]
+        } else {
+            &["master", "br0"]
+        };
         let mut args = vec!["link", "set", "dev", port.as_str()];
         args.extend_from_slice(how);
         self.switch.ip(args).unwrap();
@@ -193,7 +200,6 @@ pub struct Speaker {
 impl Speaker {
     /// Starts `instances` in `ns`; every service in `services` starts with one backend up.
     pub fn start(ns: &Netns, instances: Vec<VrrpConfig>, services: &[&str]) -> Result<Speaker> {
-        let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
         let map = services.iter().map(|s| (s.to_string(), 1)).collect();
         let (health, health_rx) = watch::channel(map);
         let (requests, mut inbox) = mpsc::unbounded_channel();
@@ -247,14 +253,11 @@ impl Speaker {
         self.status()[0].state
     }
 
-    /// Waits until the first instance is in `state`; returns how long that took.
-    pub fn wait_state(&self, state: VrrpState, timeout: Duration) -> Duration {
-        wait_for(timeout, || self.state() == state).unwrap_or_else(|_| {
-            panic!(
-                "not {state} after {timeout:?}: {:#?}",
-                self.status()[0]
-            )
-        })
+    /// Waits (up to [`WAIT`]) until the first instance is in `state`; returns how long
+    /// that took.
+    pub fn wait_state(&self, state: VrrpState) -> Duration {
+        wait_for(WAIT, || self.state() == state)
+            .unwrap_or_else(|_| panic!("not {state} after {WAIT:?}: {:#?}", self.status()[0]))
     }
 
     /// Sets how many backends of `service` are up.
@@ -358,7 +361,6 @@ impl Keepalived {
     /// Stops it (SIGTERM: it sends priority 0 as master and removes its addresses).
     pub fn stop(mut self) {
         self.child.terminate().unwrap();
-        eprintln!("KLOG-----\n{}", self.log());
         self.assert_no_complaints();
     }
 

@@ -9,7 +9,8 @@
 //!
 //! Unlike the XDP program it terminates TCP: each client connection is accepted on the
 //! VIP and a second connection is made to the backend, then bytes are relayed between
-//! them ([`relay`]: `splice(2)` through a pipe by default, half-close passed on). That
+//! them ([`relay`]: copied through a buffer shared by the connections of a thread, or
+//! `splice(2)`d through a pipe once they carry bulk data; half-close passed on). That
 //! allows what XDP cannot do: a PROXY v2 header towards backends that want the client's
 //! address, a per-service connection limit, and a retry on another backend when one does
 //! not accept (HAProxy's `redispatch`). UDP is relayed through a per-client session
@@ -32,8 +33,8 @@
 //!
 //! # Footprint
 //!
-//! A connection costs a task and two sockets; its pipes (or copy buffers) exist only once
-//! data has moved. Nothing else grows with traffic: the UDP session table is bounded by
+//! A connection costs a task and two sockets; a connection has a buffer of its own only
+//! while its peer cannot take what was read, and pipes only once it has moved bulk data. Nothing else grows with traffic: the UDP session table is bounded by
 //! `dataplane.flow_table_size`, and connection limits bound TCP.
 
 mod proxy_v2;
@@ -72,13 +73,16 @@ pub struct ServiceOptions {
     pub send_proxy_v2: bool,
 }
 
-/// How TCP payload moves between the two sockets of a connection.
+/// How TCP payload moves between the two sockets of a connection (details in
+/// [`relay`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RelayMode {
-    /// `splice(2)` through a pipe per direction: no copy into userspace.
+    /// Copy small messages, splice once a direction carries bulk data.
     #[default]
+    Auto,
+    /// `splice(2)` through a pipe per direction: no copy into userspace.
     Splice,
-    /// `read`/`write` through a 16 KiB buffer per direction.
+    /// `read`/`write` through a 16 KiB buffer.
     Copy,
 }
 

@@ -7,33 +7,57 @@
 //! (half-close). An error on either side ends both, and the proxy then resets the other
 //! side so that a reset travels end to end.
 //!
-//! Two ways to move bytes, both driven by socket readiness on whatever runtime runs the
-//! task:
-//! - [`RelayMode::Splice`]: `splice(2)` from the source socket into a pipe and from the
-//!   pipe into the destination socket; the payload never enters userspace. The pipe is
-//!   created when the direction first has data, so an idle connection holds none.
-//! - [`RelayMode::Copy`]: `read`/`write` through a 16 KiB buffer, also allocated on first
-//!   data.
+//! How bytes move ([`RelayMode`]):
+//! - copy: `read` into a 16 KiB buffer shared by every connection of the runtime thread,
+//!   then `write` at once. A connection holds a buffer of its own only while its
+//!   destination cannot take what was read (at most 16 KiB, freed once written), so idle
+//!   and request/response connections cost no buffer memory. A read that leaves the
+//!   buffer partly empty proves the socket drained, which saves the `read` that would
+//!   only say "nothing more".
+//! - splice: `splice(2)` from the source socket into a pipe and from the pipe into the
+//!   destination; the payload never enters userspace. The pipe is created when the
+//!   direction first has data. Each burst ends with a `splice` that finds nothing, as a
+//!   short splice does not prove the socket drained.
+//! - auto (the default): copy, and splice once a read fills the whole buffer, as bulk
+//!   transfers do (HAProxy's `splice-auto`): small messages take the fewest system calls,
+//!   large streams skip the copies.
 
 use std::{
+    cell::RefCell,
+    future::poll_fn,
     io,
     os::fd::{AsRawFd, OwnedFd, RawFd},
+    pin::Pin,
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
 use futures::future::try_join;
 use nix::fcntl::OFlag;
-use tokio::{io::Interest, net::TcpStream, sync::watch};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, Interest, ReadBuf},
+    net::{
+        TcpStream,
+        tcp::{ReadHalf, WriteHalf},
+    },
+    sync::watch,
+};
 
 use super::{
     RelayMode, socket,
     state::{Activity, Counters, Direction},
 };
 
-/// Buffer per direction in copy mode.
+/// Size of the copy buffer, and of the reads that count as bulk.
 const COPY_BUFFER: usize = 16 * 1024;
 /// Most bytes one `splice` moves into the pipe: the default pipe capacity (16 pages).
 const SPLICE_CHUNK: usize = 64 * 1024;
+
+thread_local! {
+    /// The copy buffer of every connection relayed on this thread. Used only between a
+    /// read and the write that follows it, within one poll, never across an `.await`.
+    static COPY: RefCell<Box<[u8]>> = RefCell::new(vec![0; COPY_BUFFER].into_boxed_slice());
+}
 
 /// Why a relayed connection ended.
 #[derive(Debug)]
@@ -65,16 +89,18 @@ impl Meters<'_> {
 
 /// Relays until the connection ends; see the module docs.
 pub(super) async fn relay(
-    client: &TcpStream,
-    backend: &TcpStream,
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
     mode: RelayMode,
     meters: &Meters<'_>,
     idle_timeout: Duration,
     cut: &mut watch::Receiver<u64>,
 ) -> Ending {
+    let (client_in, client_out) = client.split();
+    let (backend_in, backend_out) = backend.split();
     let both_ways = try_join(
-        one_way(mode, client, backend, meters, Direction::ToBackend),
-        one_way(mode, backend, client, meters, Direction::ToClient),
+        one_way(mode, client_in, backend_out, meters, Direction::ToBackend),
+        one_way(mode, backend_in, client_out, meters, Direction::ToClient),
     );
     tokio::select! {
         result = both_ways => match result {
@@ -91,19 +117,94 @@ pub(super) async fn relay(
 /// Relays `from` -> `to` until `from` ends, then passes the end on as a FIN.
 async fn one_way(
     mode: RelayMode,
-    from: &TcpStream,
-    to: &TcpStream,
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
     meters: &Meters<'_>,
     direction: Direction,
 ) -> io::Result<()> {
-    match mode {
-        RelayMode::Splice => splice_one_way(from, to, meters, direction).await?,
-        RelayMode::Copy => copy_one_way(from, to, meters, direction).await?,
+    if mode != RelayMode::Splice {
+        loop {
+            let (read, left) = match poll_fn(|cx| copy_some(cx, &mut from, &mut to)).await? {
+                Copied::End => return socket::shutdown_write(to.as_ref()),
+                Copied::All(read) => (read, None),
+                Copied::Part { read, left } => (read, Some(left)),
+            };
+            meters.forwarded(direction, read);
+            if let Some(left) = left {
+                write_rest(&mut to, &left, meters).await?;
+            }
+            if mode == RelayMode::Auto && read == COPY_BUFFER {
+                break;
+            }
+        }
     }
-    socket::shutdown_write(to)
+    splice_all(from.as_ref(), to.as_ref(), meters, direction).await?;
+    socket::shutdown_write(to.as_ref())
 }
 
-async fn splice_one_way(
+/// What one [`copy_some`] did.
+enum Copied {
+    /// `from` is at end of file.
+    End,
+    /// Read `n` bytes and wrote them all.
+    All(usize),
+    /// Read `read` bytes; `to` did not take `left` yet.
+    Part { read: usize, left: Vec<u8> },
+}
+
+/// Reads once from `from` into the thread's copy buffer and writes what it can to `to`
+/// right away.
+fn copy_some(
+    cx: &mut Context<'_>,
+    from: &mut ReadHalf<'_>,
+    to: &mut WriteHalf<'_>,
+) -> Poll<io::Result<Copied>> {
+    COPY.with_borrow_mut(|buffer| {
+        let mut read = ReadBuf::new(buffer);
+        ready!(Pin::new(&mut *from).poll_read(cx, &mut read))?;
+        let n = read.filled().len();
+        if n == 0 {
+            return Poll::Ready(Ok(Copied::End));
+        }
+        let mut written = 0;
+        while written < n {
+            match Pin::new(&mut *to).poll_write(cx, &buffer[written..n]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(w)) => written += w,
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Ok(if written == n {
+            Copied::All(n)
+        } else {
+            Copied::Part {
+                read: n,
+                left: buffer[written..n].to_vec(),
+            }
+        }))
+    })
+}
+
+/// Writes what `to` could not take at once. Progress counts as activity: a slow reader
+/// is not an idle one.
+async fn write_rest(
+    to: &mut WriteHalf<'_>,
+    mut left: &[u8],
+    meters: &Meters<'_>,
+) -> io::Result<()> {
+    while !left.is_empty() {
+        let written = to.write(left).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        left = &left[written..];
+        meters.activity.touch();
+    }
+    Ok(())
+}
+
+async fn splice_all(
     from: &TcpStream,
     to: &TcpStream,
     meters: &Meters<'_>,
@@ -128,36 +229,10 @@ async fn splice_one_way(
         while left > 0 {
             to.writable().await?;
             match to.try_io(Interest::WRITABLE, || pipe.drain_to(to.as_raw_fd(), left)) {
-                Ok(written) => left -= written,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(err),
-            }
-        }
-    }
-}
-
-async fn copy_one_way(
-    from: &TcpStream,
-    to: &TcpStream,
-    meters: &Meters<'_>,
-    direction: Direction,
-) -> io::Result<()> {
-    let mut buffer: Option<Box<[u8]>> = None;
-    loop {
-        from.readable().await?;
-        let buffer = buffer.get_or_insert_with(|| vec![0; COPY_BUFFER].into_boxed_slice());
-        let n = match from.try_read(buffer) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(err) => return Err(err),
-        };
-        meters.forwarded(direction, n);
-        let mut sent = 0;
-        while sent < n {
-            to.writable().await?;
-            match to.try_write(&buffer[sent..n]) {
-                Ok(written) => sent += written,
+                Ok(written) => {
+                    left -= written;
+                    meters.activity.touch();
+                }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                 Err(err) => return Err(err),
             }

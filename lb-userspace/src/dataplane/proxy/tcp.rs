@@ -43,6 +43,7 @@ pub(super) async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
+    let mut last_warning: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -66,7 +67,7 @@ pub(super) async fn serve(
                 }
                 // An IPv4 listener only accepts IPv4 peers.
                 Ok((client, SocketAddr::V6(_))) => socket::reset(client),
-                Err(err) => accept_failed(&service, &err).await,
+                Err(err) => accept_failed(&service, &err, &mut last_warning).await,
             },
         }
     }
@@ -85,12 +86,18 @@ fn admit(service: &Service) -> Option<Pick> {
     pick
 }
 
-async fn accept_failed(service: &Service, err: &io::Error) {
+/// How often running out of descriptors or memory is logged while it lasts.
+const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+async fn accept_failed(service: &Service, err: &io::Error, last_warning: &mut Option<Instant>) {
     match err.raw_os_error() {
         // The client gave up before it was accepted: nothing to do.
         Some(libc::ECONNABORTED | libc::EPROTO) => {}
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-            warn!(service = %service.name, "cannot accept connections: {err}; retrying shortly");
+            if last_warning.is_none_or(|at| at.elapsed() >= ACCEPT_WARNING_INTERVAL) {
+                warn!(service = %service.name, "cannot accept connections: {err}; retrying");
+                *last_warning = Some(Instant::now());
+            }
             tokio::time::sleep(ACCEPT_BACKOFF).await;
         }
         _ => debug!(service = %service.name, "accept: {err}"),
@@ -99,7 +106,7 @@ async fn accept_failed(service: &Service, err: &io::Error) {
 
 /// One client connection, from connecting its backend to the end of the relay.
 async fn connection(
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddrV4,
     pick: Pick,
     mut occupancy: Occupancy,
@@ -108,7 +115,7 @@ async fn connection(
 ) {
     // Small requests and responses should not wait for Nagle's algorithm on the proxy.
     let _ = client.set_nodelay(true);
-    let Some((backend_stream, pick, mut cut)) =
+    let Some((mut backend_stream, pick, mut cut)) =
         connect_backend(&client, peer, pick, &service).await
     else {
         service.counters.dropped();
@@ -127,8 +134,8 @@ async fn connection(
         activity: &activity,
     };
     let ending = relay::relay(
-        &client,
-        &backend_stream,
+        &mut client,
+        &mut backend_stream,
         settings.relay,
         &meters,
         settings.tcp_idle,
