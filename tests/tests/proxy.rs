@@ -8,7 +8,7 @@ mod support;
 use std::{
     collections::BTreeMap,
     io::{self, Read, Write},
-    net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream},
+    net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -501,6 +501,38 @@ fn udp_echoes(t: &TwoArm) -> Vec<UdpEcho> {
         .collect()
 }
 
+/// A UDP client socket in the client namespace, connected to `to` (so an answer from any
+/// other address is not seen), held for several requests. Holding it matters: a fixed
+/// port closed and bound again at once can still be held by a child some other test
+/// forked (a child holds every descriptor until it execs).
+struct UdpClient(UdpSocket);
+
+impl UdpClient {
+    fn new(t: &TwoArm, port: u16, to: SocketAddrV4) -> UdpClient {
+        let from = SocketAddrV4::new(t.client_addr, port);
+        let socket = t
+            .client
+            .run(|| {
+                let socket = UdpSocket::bind(from)?;
+                socket.connect(to)?;
+                socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+                io::Result::Ok(socket)
+            })
+            .unwrap()
+            .unwrap();
+        UdpClient(socket)
+    }
+
+    /// Sends `payload` and returns the answer.
+    fn ask(&self, payload: &[u8]) -> io::Result<Vec<u8>> {
+        self.0.send(payload)?;
+        let mut buf = vec![0u8; 65536];
+        let n = self.0.recv(&mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+}
+
 /// UDP request/response through per-client sessions, answered from the VIP; sessions end
 /// after `timeouts.udp` of silence and the next datagram opens a new one.
 #[test]
@@ -509,12 +541,17 @@ fn udp_sessions_and_idle_timeout() {
     let echoes = udp_echoes(&t);
     let proxy = Proxy::start_healthy(&t.lb, &udp_config(&t), ProxyOptions::default()).unwrap();
     let to = vip(&t, 53);
+    let first = UdpClient::new(&t, 20000, to);
     let mut answers = Vec::new();
     for i in 0..30u16 {
-        let from = SocketAddrV4::new(t.client_addr, 20000 + i);
         let payload = format!("question {i}");
         // `udp_request` connects to the VIP: an answer from any other address is not seen.
-        let answer = udp_request(&t.client, Some(from), to, payload.as_bytes()).unwrap();
+        let answer = if i == 0 {
+            first.ask(payload.as_bytes()).unwrap()
+        } else {
+            let from = SocketAddrV4::new(t.client_addr, 20000 + i);
+            udp_request(&t.client, Some(from), to, payload.as_bytes()).unwrap()
+        };
         let answer = String::from_utf8(answer).unwrap();
         let (backend, echoed) = answer.split_once(':').unwrap();
         assert_eq!(echoed, payload);
@@ -531,8 +568,7 @@ fn udp_sessions_and_idle_timeout() {
         );
     }
     // The same client again within the timeout: same session, same backend.
-    let from = SocketAddrV4::new(t.client_addr, 20000);
-    let again = udp_request(&t.client, Some(from), to, b"again").unwrap();
+    let again = first.ask(b"again").unwrap();
     assert_eq!(again, b"b0:again");
     assert_eq!(proxy.active("echo").total, 30);
     let counters = proxy.traffic().service("echo").unwrap().counters;
@@ -549,7 +585,7 @@ fn udp_sessions_and_idle_timeout() {
         .wait_active("echo", 0, Duration::from_secs(3))
         .unwrap();
     let peers_before = echoes[0].peers().len() + echoes[1].peers().len() + echoes[2].peers().len();
-    udp_request(&t.client, Some(from), to, b"after").unwrap();
+    first.ask(b"after").unwrap();
     let peers_after = echoes[0].peers().len() + echoes[1].peers().len() + echoes[2].peers().len();
     assert_eq!(
         peers_after,
@@ -571,23 +607,11 @@ fn udp_session_of_a_down_backend_is_cut() {
     let _echoes = udp_echoes(&t);
     let proxy = Proxy::start_healthy(&t.lb, &udp_config(&t), ProxyOptions::default()).unwrap();
     let to = vip(&t, 53);
-    let from = SocketAddrV4::new(t.client_addr, 30000);
-    assert_eq!(
-        udp_request(&t.client, Some(from), to, b"x").unwrap(),
-        b"b0:x"
-    );
+    let client = UdpClient::new(&t, 30000, to);
+    assert_eq!(client.ask(b"x").unwrap(), b"b0:x");
     proxy.apply(&proxy.plan(&[("echo", "b0", DOWN)])).unwrap();
-    assert!(udp_request(&t.client, Some(from), to, b"y").is_err());
-    let z = udp_request(&t.client, Some(from), to, b"z");
-    if z.is_err() {
-        eprintln!(
-            "DEBUG z failed: {:?} {:?} {:?}",
-            z,
-            proxy.traffic(),
-            proxy.active("echo")
-        );
-    }
-    assert_eq!(z.unwrap(), b"b1:z");
+    assert!(client.ask(b"y").is_err());
+    assert_eq!(client.ask(b"z").unwrap(), b"b1:z");
     let report = proxy.traffic();
     let echo = report.service("echo").unwrap();
     assert_eq!(echo.counters.drops, 1);
@@ -1122,14 +1146,15 @@ fn udp_sessions_are_bounded() {
     let proxy = Proxy::start_healthy(&t.lb, &text, options).unwrap();
 
     let to = vip(&t, 53);
-    for port in 20000..20000 + TABLE + 10 {
+    let first = UdpClient::new(&t, 20000, to);
+    first.ask(b"q").unwrap();
+    for port in 20001..20000 + TABLE + 10 {
         let from = SocketAddrV4::new(t.client_addr, port);
         udp_request(&t.client, Some(from), to, b"q").unwrap();
     }
     assert_eq!(proxy.active("echo").total, u64::from(TABLE));
     // The oldest sessions were evicted: the first client gets a new one.
-    let first = SocketAddrV4::new(t.client_addr, 20000);
-    udp_request(&t.client, Some(first), to, b"again").unwrap();
+    first.ask(b"again").unwrap();
     let counters = proxy.traffic().service("echo").unwrap().counters;
     assert_eq!(counters.new_flows, u64::from(TABLE) + 11);
     assert_eq!(proxy.active("echo").total, u64::from(TABLE));

@@ -90,7 +90,7 @@ fn a_quick_restart_holding_the_vips_resumes_as_master() {
         "the addresses stay with the exited process's host"
     );
     let a = Speaker::start(lan.ns(0), vec![instance("web", 51, 200)], &[]).unwrap();
-    assert_eq!(a.state(), VrrpState::Master, "resumed at once");
+    a.wait_state(VrrpState::Master);
     // Several of the backup's master-down intervals (about 350 ms here) pass quietly.
     std::thread::sleep(Duration::from_millis(1200));
     let status = &b.status()[0];

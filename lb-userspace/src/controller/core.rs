@@ -391,10 +391,10 @@ impl Core {
     async fn stop(mut self, mode: StopMode) -> Result<()> {
         // A graceful stop hands the VIPs to the peer at once (priority 0); a hand-over
         // leaves them here, where the next gerbang resumes as master.
-        if let Some(vrrp) = self.vrrp.take() {
-            if mode == StopMode::Detach {
-                vrrp.stop().await;
-            }
+        if let Some(vrrp) = self.vrrp.take()
+            && mode == StopMode::Detach
+        {
+            vrrp.stop().await;
         }
         self.stop.send_replace(Some(mode));
         self.health.stop();

@@ -281,10 +281,8 @@ impl XdpDataplane {
         for attachment in attachments {
             attachment.release(detach)?;
         }
-        if detach {
-            if let Some(pins) = &pins {
-                pins.remove_all()?;
-            }
+        if detach && let Some(pins) = &pins {
+            pins.remove_all()?;
         }
         drop((tables, timeouts, devices, ebpf));
         Ok(())
@@ -348,8 +346,10 @@ fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
 }
 
 fn warn_on_resize(flows: &HashMap<MapData, FlowKey, Flow>, wanted: u32) {
-    if let Ok(info) = aya::maps::IterableMap::map(flows).info() {
-        if info.max_entries() != wanted {
+    if let Ok(info) = aya::maps::IterableMap::map(flows).info()
+        && info.max_entries() != wanted
+    {
+        {
             warn!(
                 kept = info.max_entries(),
                 configured = wanted,

@@ -15,8 +15,6 @@ use anyhow::{Context as _, Result, bail};
 use lb_common::{ABI_VERSION, map_names};
 use tracing::info;
 
-/// `statfs.f_type` of bpffs.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Where distributions mount bpffs; gerbang mounts it there itself when nothing is.
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 
@@ -110,7 +108,8 @@ impl PinDir {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|fs| fs.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
 }
 
 fn mount_bpffs(target: &Path) -> Result<()> {
