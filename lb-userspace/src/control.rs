@@ -1,9 +1,10 @@
-//! The local control interface: a unix socket the `gerbang backend ...` and `gerbang reload`
-//! commands talk to.
+//! The local control interface: a unix socket the `gerbang backend ...`, `gerbang reload`
+//! and `gerbang status` commands talk to.
 //!
 //! One request per connection, one line of text: `backend drain|maint|ready SERVICE
-//! BACKEND` or `reload`. The answer is one line, `ok: ...` or `error: ...`. The socket is
-//! created mode 0600, so only root (its owner) can change the balancer.
+//! BACKEND`, `reload` or `status`. The answer is one line, `ok: ...` or `error: ...`; for
+//! `status`, `ok: ` and the status as one line of JSON (`observe::StatusView`). The socket
+//! is created mode 0600, so only root (its owner) can change the balancer.
 
 use std::{
     io,
@@ -36,6 +37,8 @@ pub enum Request {
         state: AdminState,
     },
     Reload,
+    /// The status as JSON.
+    Status,
 }
 
 impl Request {
@@ -44,6 +47,8 @@ impl Request {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["reload"] => Ok(Request::Reload),
+            ["status"] => Ok(Request::Status),
+            ["reload" | "status", ..] => Err(format!("usage: {} (no arguments)", words[0])),
             ["backend", verb, service, backend] => {
                 let state = match *verb {
                     "drain" => AdminState::Drain,
@@ -63,7 +68,9 @@ impl Request {
             }
             ["backend", ..] => Err("usage: backend drain|maint|ready SERVICE BACKEND".into()),
             [] => Err("empty request".into()),
-            [other, ..] => Err(format!("unknown command {other:?}: use backend or reload")),
+            [other, ..] => Err(format!(
+                "unknown command {other:?}: use backend, reload or status"
+            )),
         }
     }
 
@@ -71,6 +78,7 @@ impl Request {
     pub fn to_line(&self) -> String {
         match self {
             Request::Reload => "reload".into(),
+            Request::Status => "status".into(),
             Request::SetAdmin {
                 service,
                 backend,
@@ -224,6 +232,7 @@ mod tests {
     fn requests_parse_and_print_back() {
         for line in [
             "reload",
+            "status",
             "backend drain web pi-1",
             "backend maint web pi-2",
             "backend ready db a",
@@ -259,6 +268,7 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown command")
         );
+        assert!(Request::parse("status web").unwrap_err().contains("usage"));
         // Arbitrary bytes never panic.
         let mut seed = 0x9e37_79b9_u32;
         for _ in 0..2000 {

@@ -9,5 +9,6 @@ pub mod control;
 pub mod controller;
 pub mod dataplane;
 pub mod health;
+pub mod observe;
 pub mod privileges;
 pub mod vrrp;

@@ -2,8 +2,15 @@
 
 use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use gerbang::{config::Config, control::Request, controller, dataplane::AdminState};
+use gerbang::{
+    config::Config,
+    control::Request,
+    controller,
+    dataplane::AdminState,
+    observe::{self, StatusView},
+};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +54,15 @@ enum Command {
     Reload {
         #[command(flatten)]
         socket: SocketArgs,
+    },
+    /// Show a running gerbang's services, backends (state, last check), VRRP instances and
+    /// data plane: what its status page shows.
+    Status {
+        #[command(flatten)]
+        socket: SocketArgs,
+        /// Print the JSON of the status page's API instead of tables.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -106,6 +122,7 @@ fn main() -> ExitCode {
             )
         }
         Command::Reload { socket } => send(&socket, &Request::Reload),
+        Command::Status { socket, json } => status(&socket, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,6 +142,12 @@ fn run(config: PathBuf) -> anyhow::Result<()> {
 }
 
 fn send(socket: &SocketArgs, request: &Request) -> anyhow::Result<()> {
+    println!("{}", ask(socket, request)?);
+    Ok(())
+}
+
+/// Sends `request` to the running gerbang and returns its answer.
+fn ask(socket: &SocketArgs, request: &Request) -> anyhow::Result<String> {
     let path = match (&socket.socket, &socket.config) {
         (Some(path), _) => path.clone(),
         (None, Some(config)) => Config::load(config)?.control.socket,
@@ -133,7 +156,18 @@ fn send(socket: &SocketArgs, request: &Request) -> anyhow::Result<()> {
             Err(_) => PathBuf::from(gerbang::config::ControlConfig::DEFAULT_SOCKET),
         },
     };
-    println!("{}", controller::send_command(&path, request)?);
+    controller::send_command(&path, request)
+}
+
+fn status(socket: &SocketArgs, json: bool) -> anyhow::Result<()> {
+    let answer = ask(socket, &Request::Status)?;
+    if json {
+        println!("{answer}");
+    } else {
+        let view = StatusView::from_json(&answer)
+            .context("gerbang answered with a status this gerbang cannot read")?;
+        print!("{}", observe::render(&view));
+    }
     Ok(())
 }
 

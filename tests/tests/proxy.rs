@@ -891,7 +891,7 @@ fn proxy_memory_footprint() {
     );
     let dir = TempDir::new();
     let path = dir.write("proxy.toml", &config(&t, "", &[stream]));
-    let proxy = ProxyProcess::start(&t.lb, &path, "proxy_child", RelayMode::Auto).unwrap();
+    let proxy = ProxyProcess::start(&t.lb, &path, "proxy_child", RelayMode::Auto, false).unwrap();
     let to = vip(&t, STREAM_PORT);
     support::gerbang::wait_until(Duration::from_secs(10), || {
         let mut client = TcpStreamClient::connect(&t.client, to)?;
@@ -1168,5 +1168,51 @@ fn udp_sessions_are_bounded() {
     assert!(udp_request(&t.client, Some(sixth), to, b"q").is_err());
     let counters = proxy.traffic().service("limited").unwrap().counters;
     assert_eq!((counters.new_flows, counters.drops), (5, 1));
+    proxy.stop().unwrap();
+}
+
+/// A VRRP backup listens before it holds the VIP: the proxy binds a VIP the host does not
+/// have (`IP_FREEBIND`) and serves it once the address arrives.
+#[test]
+fn listens_on_a_vip_before_the_host_has_it() {
+    let t = TwoArm::new(1).unwrap();
+    let _servers = http_backends(&t);
+    let _echoes = udp_echoes(&t);
+    let later = Ipv4Addr::new(10, 200, 100, 7);
+    let web = service(
+        "web",
+        SocketAddrV4::new(later, 80),
+        "tcp",
+        "",
+        &backends_at(&t, HTTP_PORT),
+    );
+    let echo = service(
+        "echo",
+        SocketAddrV4::new(later, 53),
+        "udp",
+        "",
+        &backends_at(&t, UDP_PORT),
+    );
+    let proxy = Proxy::start_healthy(
+        &t.lb,
+        &config(&t, "", &[web, echo]),
+        ProxyOptions::default(),
+    )
+    .unwrap();
+    t.lb.ip([
+        "addr",
+        "add",
+        &format!("{later}/32"),
+        "dev",
+        &t.lb_client_if,
+    ])
+    .unwrap();
+    let answers: Vec<String> = http_get_many(&t.client, SocketAddrV4::new(later, 80), 2)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(tally(&answers), BTreeMap::from([("b0".into(), 2)]));
+    let answer = udp_request(&t.client, None, SocketAddrV4::new(later, 53), b"hi").unwrap();
+    assert_eq!(answer, b"b0:hi");
     proxy.stop().unwrap();
 }

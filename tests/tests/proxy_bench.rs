@@ -10,8 +10,8 @@
 //!   (`mode tcp`, `balance roundrobin`, `source` = the SNAT address), same backends, with
 //!   keep-alive and with a new connection per request.
 //!
-//! The proxy runs in a process of its own on a multi-thread runtime, as the binary runs
-//! it; HAProxy with its defaults (one thread per CPU).
+//! The proxy runs in a process of its own (this test binary re-run), on a multi-thread
+//! runtime as the binary runs it unless said otherwise.
 
 mod support;
 
@@ -103,7 +103,7 @@ fn throughput_splice_vs_copy() {
     ] {
         let to = SocketAddrV4::new(t.vip, port);
         for relay in [RelayMode::Auto, RelayMode::Splice, RelayMode::Copy].repeat(3) {
-            let proxy = ProxyProcess::start(&t.lb, &path, "proxy_child", relay).unwrap();
+            let proxy = ProxyProcess::start(&t.lb, &path, "proxy_child", relay, false).unwrap();
             let mut stream = wait_until(Duration::from_secs(10), || {
                 Ok(client.run(|| TcpStream::connect(to))??)
             })
@@ -138,13 +138,14 @@ fn push(stream: &mut TcpStream, total: usize, proxy: u32) -> (f64, f64) {
     )
 }
 
+/// `wrk` (2 threads, 50 connections, 5 s) through each contender, three rounds, with
+/// keep-alive and with a new connection per request. Contenders: the proxy in each relay
+/// mode on a multi-thread runtime and HAProxy with one thread per CPU; then the proxy on
+/// a current-thread runtime and HAProxy with `nbthread 1`, which compares the work per
+/// request without the schedulers.
 #[test]
 #[ignore = "benchmark"]
 fn requests_per_second_vs_haproxy() {
-    const AUTO_PORT: u16 = 80;
-    const HAPROXY_PORT: u16 = 81;
-    const SPLICE_PORT: u16 = 82;
-    const COPY_PORT: u16 = 83;
     let t = TwoArm::new(2).unwrap();
     let _servers: Vec<HttpBackend> = t
         .backends
@@ -159,47 +160,57 @@ fn requests_per_second_vs_haproxy() {
         })
         .collect();
     let dir = TempDir::new();
-    let proxy = |port: u16, relay: RelayMode| {
+    let proxy = |port: u16, relay: RelayMode, single_thread: bool| {
         let path = dir.write(
             &format!("proxy-{port}.toml"),
             &config(&t, &[("web", port, HTTP_PORT)]),
         );
-        ProxyProcess::start(&t.lb, &path, "proxy_child", relay).unwrap()
+        ProxyProcess::start(&t.lb, &path, "proxy_child", relay, single_thread).unwrap()
     };
-    let mut haproxy_cfg = format!(
-        "global\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 15m\n  timeout server 15m\n\
-         frontend web\n  bind {}:{HAPROXY_PORT}\n  default_backend web\n\
-         backend web\n  balance roundrobin\n  source {}\n",
-        t.vip, t.snat
-    );
-    for b in &t.backends {
-        haproxy_cfg += &format!("  server b{} {}:{HTTP_PORT}\n", b.index, b.addr);
-    }
-    let haproxy_path = dir.write("haproxy.cfg", &haproxy_cfg);
-    let haproxy =
+    let haproxy = |port: u16, threads: Option<u32>| {
+        let mut cfg = String::from("global\n  maxconn 8000\n");
+        if let Some(threads) = threads {
+            cfg += &format!("  nbthread {threads}\n");
+        }
+        cfg += &format!(
+            "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 15m\n  timeout server 15m\n\
+             frontend web\n  bind {}:{port}\n  default_backend web\n\
+             backend web\n  balance roundrobin\n  source {}\n",
+            t.vip, t.snat
+        );
+        for b in &t.backends {
+            cfg += &format!("  server b{} {}:{HTTP_PORT}\n", b.index, b.addr);
+        }
+        let path = dir.write(&format!("haproxy-{port}.cfg"), &cfg);
         t.lb.spawn(
             &Cmd::new("haproxy")
                 .arg("-db")
                 .arg("-f")
-                .arg(&haproxy_path)
-                .log_to(dir.path().join("haproxy.log")),
+                .arg(&path)
+                .log_to(dir.path().join(format!("haproxy-{port}.log"))),
         )
-        .unwrap();
-    let auto = proxy(AUTO_PORT, RelayMode::Auto);
-    let splice = proxy(SPLICE_PORT, RelayMode::Splice);
-    let copy = proxy(COPY_PORT, RelayMode::Copy);
-    for port in [AUTO_PORT, HAPROXY_PORT, SPLICE_PORT, COPY_PORT] {
+        .unwrap()
+    };
+    let auto = proxy(80, RelayMode::Auto, false);
+    let haproxy_all = haproxy(81, None);
+    let splice = proxy(82, RelayMode::Splice, false);
+    let copy = proxy(83, RelayMode::Copy, false);
+    let auto_one = proxy(84, RelayMode::Auto, true);
+    let haproxy_one = haproxy(85, Some(1));
+    let contenders = [
+        ("gerbang proxy (auto)", 80, auto.pid()),
+        ("gerbang proxy (splice)", 82, splice.pid()),
+        ("gerbang proxy (copy)", 83, copy.pid()),
+        ("haproxy 2.6", 81, haproxy_all.pid()),
+        ("gerbang proxy (auto), 1 thread", 84, auto_one.pid()),
+        ("haproxy 2.6, nbthread 1", 85, haproxy_one.pid()),
+    ];
+    for (_, port, _) in contenders {
         wait_until(Duration::from_secs(10), || {
             http_get(&t.client, SocketAddrV4::new(t.vip, port))
         })
         .unwrap();
     }
-    let contenders = [
-        ("gerbang proxy (auto)", AUTO_PORT, auto.pid()),
-        ("gerbang proxy (splice)", SPLICE_PORT, splice.pid()),
-        ("gerbang proxy (copy)", COPY_PORT, copy.pid()),
-        ("haproxy 2.6", HAPROXY_PORT, haproxy.pid()),
-    ];
     for (label, extra) in [
         ("keep-alive", None),
         ("new connection per request", Some("Connection: close")),
@@ -233,10 +244,11 @@ fn requests_per_second_vs_haproxy() {
         }
     }
     eprintln!(
-        "RSS after the runs: auto {} KiB, splice {} KiB, copy {} KiB",
+        "RSS after the runs: auto {} KiB, splice {} KiB, copy {} KiB, auto on 1 thread {} KiB",
         auto.rss_kib().unwrap(),
         splice.rss_kib().unwrap(),
-        copy.rss_kib().unwrap()
+        copy.rss_kib().unwrap(),
+        auto_one.rss_kib().unwrap()
     );
 }
 

@@ -35,6 +35,10 @@ enum Task {
         /// Build with the release profile
         #[arg(long)]
         release: bool,
+        /// Build `gerbang` for another target, without the XDP program (userspace mode):
+        /// armv7-unknown-linux-gnueabihf (Raspberry Pi Zero 2 W) or aarch64-unknown-linux-gnu
+        #[arg(long, value_name = "TRIPLE")]
+        target: Option<String>,
     },
     /// Set up, build the release binary and run `gerbang run` with a config (root)
     Run {
@@ -71,9 +75,12 @@ fn run(task: Task) -> Result<()> {
     let ctx = Context::new()?;
     match task {
         Task::Setup => setup::ensure(),
-        Task::Build { release } => {
+        Task::Build { release, target } => {
             setup::ensure()?;
-            cargo::build_workspace(&ctx, release)
+            match target {
+                Some(target) => cargo::build_cross(&ctx, &target, release),
+                None => cargo::build_workspace(&ctx, release),
+            }
         }
         Task::Run { config, extra } => {
             // Check before the build: a release build is slow to find this out after.

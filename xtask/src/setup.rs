@@ -51,7 +51,61 @@ const PACKAGES: &[Package] = &[
         name: "keepalived",
         program: "keepalived",
     },
+    // The replication tests' databases (tests/tests/database.rs). Debian keeps PostgreSQL's
+    // server programs off PATH; psql is the one of its programs elsewhere too.
+    Package {
+        name: "postgresql",
+        program: "psql",
+    },
+    Package {
+        name: "mariadb-server",
+        program: "mariadbd",
+    },
+    // `cargo xtask bench`: the peers it compares with, its backends and its HTTP load.
+    Package {
+        name: "haproxy",
+        program: "haproxy",
+    },
+    Package {
+        name: "nginx",
+        program: "nginx",
+    },
+    Package {
+        name: "libnginx-mod-stream",
+        program: "nginx",
+    },
+    Package {
+        name: "wrk",
+        program: "wrk",
+    },
+    // The observability tests parse /metrics with the reference OpenMetrics parser...
+    Package {
+        name: "python3-prometheus-client",
+        program: "python3",
+    },
+    // ...and look at the status page in a headless browser.
+    Package {
+        name: "chromium",
+        program: "chromium",
+    },
+    // Cross builds for 32- and 64-bit ARM (Raspberry Pi), and running them here.
+    Package {
+        name: "gcc-arm-linux-gnueabihf",
+        program: "arm-linux-gnueabihf-gcc",
+    },
+    Package {
+        name: "gcc-aarch64-linux-gnu",
+        program: "aarch64-linux-gnu-gcc",
+    },
+    Package {
+        name: "qemu-user",
+        program: "qemu-arm",
+    },
 ];
+
+/// Targets `cargo xtask build --target` builds for, and the test command checks under
+/// qemu-user.
+pub const CROSS_TARGETS: [&str; 2] = ["armv7-unknown-linux-gnueabihf", "aarch64-unknown-linux-gnu"];
 
 /// LLVM's development files: wanted only while bpf-linker still has to be built.
 const LLVM_DEV: &str = "llvm-22-dev";
@@ -90,6 +144,7 @@ pub fn ensure() -> Result<()> {
         },
         nightly(can_install),
         bpf_linker(linker, debian, can_install),
+        cross_targets(),
     ];
 
     let mut unresolved = Vec::new();
@@ -373,6 +428,42 @@ fn nightly_state() -> Nightly {
         None => Nightly::NoRustup,
         Some(list) if list.lines().any(|t| t.starts_with("nightly-")) => Nightly::NoRustSrc,
         Some(_) => Nightly::Missing,
+    }
+}
+
+// ---- cross targets ----
+
+/// The standard library of each cross target, for the toolchain that builds gerbang.
+fn cross_targets() -> Item {
+    let label = "Rust targets for ARM";
+    let installed = query(
+        Command::new("rustup")
+            .env("RUSTUP_AUTO_INSTALL", "0")
+            .args(["target", "list", "--installed"]),
+    )
+    .unwrap_or_default();
+    let missing: Vec<&str> = CROSS_TARGETS
+        .into_iter()
+        .filter(|target| !installed.lines().any(|t| t.trim() == *target))
+        .collect();
+    if missing.is_empty() {
+        return Item {
+            label,
+            missing: None,
+        };
+    }
+    let mut cmd = Command::new("rustup");
+    cmd.args(["target", "add"]).args(&missing);
+    Item {
+        label,
+        missing: Some(Missing {
+            advice: "The Rust standard library for the ARM targets (Raspberry Pi builds) is \
+                     missing. Run as the user who builds:"
+                .into(),
+            commands: vec![cmd],
+            // rustup installs into the builder's home: no root needed.
+            installing: Some(format!("adding {}", missing.join(", "))),
+        }),
     }
 }
 

@@ -28,6 +28,11 @@
 //! [control]                    # optional
 //! socket = "/run/gerbang/control.sock" # the control Unix socket; absolute, <= 107 bytes (sun_path)
 //!
+//! [http]                       # optional: the status page, its JSON API and /metrics
+//! enabled = true               # default true
+//! listen = "127.0.0.1:8404"    # "IP:port", IPv4 or [IPv6]; default "127.0.0.1:8404" (HAProxy's
+//!                              #   stats port); port 0 takes any free port (the log names it)
+//!
 //! [[service]]                  # 1 to 256 services
 //! name = "web"                 # required, unique: 1-64 characters of A-Z a-z 0-9 _ . -
 //! listen = "192.0.2.10:80"     # required: the VIP, IPv4:port
@@ -36,9 +41,19 @@
 //! snat_address = "10.0.0.1"    # overrides dataplane.snat_address for this service
 //! on_backend_down = "reset"    # established flows of a backend that fails its checks:
 //!                              #   "reset" (cut; TCP clients get a RST; default) | "keep"
+//! role = "any"                 # replicated databases: "any" (every healthy backend; default) |
+//!                              #   "primary" (the one primary: writes) | "replica" (replicas
+//!                              #   within max_lag: reads); "primary" and "replica" need a
+//!                              #   role check (type "postgres", "mysql", "galera" or "http-role")
+//! max_lag = "10s"              # role = "replica" only: a replica further behind takes no new
+//!                              #   flows (and is DOWN for on_backend_down); default 10s
+//! replica_fallback = "primary" # role = "replica" only: while no replica is within max_lag,
+//!                              #   "primary" (reads go to the primary; default) | "none"
 //!
 //!   [service.check]            # health checks; the table and each key are optional
-//!   type = "tcp"               # "tcp" (connect; default) | "http" | "none" (always up)
+//!   type = "tcp"               # "tcp" (connect; default) | "http" | "none" (always up) |
+//!                              #   "postgres" | "mysql" (also MariaDB) | "galera" | "http-role":
+//!                              #   role checks (see CheckKind), which log in over plain TCP
 //!   interval = "2s"            # between checks while up (HAProxy inter); default 2s
 //!   fast_interval = "1s"       # while changing state (fastinter); default: interval
 //!   down_interval = "5s"       # while down (downinter); default: interval
@@ -54,6 +69,17 @@
 //!   expect_status = "200-399"  # http only: "200", "200-399", "200,204,301-302", each
 //!                              #   100..=599; default "200-399"
 //!   expect_body = "OK"         # http only: in the first 64 KiB of the body, 1-1024 bytes
+//!   user = "gerbang"           # postgres, mysql, galera: who the check logs in as; default
+//!                              #   "gerbang"; 1-128 bytes
+//!   password_file = "/etc/gerbang/db.password" # postgres, mysql, galera: at most one of
+//!                              #   password = "..." | password_env = "VAR" | password_file =
+//!                              #   "/abs/path" (one trailing newline dropped); read when the
+//!                              #   file is loaded (start, reload); none: no password
+//!   database = "postgres"      # postgres, mysql, galera: the database to connect to;
+//!                              #   postgres default "postgres", mysql/galera none; 1-64 bytes
+//!   primary_path = "/primary"  # http-role only (Patroni's REST API): 200 means primary;
+//!                              #   default "/primary"; same rules as path
+//!   replica_path = "/replica?lag=16MB" # http-role only: 200 means a fresh replica; default "/replica"
 //!
 //!   [[service.backend]]        # 1 or more per service, at most 4096 over all services
 //!   name = "web1"              # required, unique in the service; same characters as service names
@@ -115,6 +141,12 @@
 //! - A backend's check is the service's with the backend's keys over it; `fast_interval`,
 //!   `down_interval` and `timeout` default to the resulting `interval`. `path`, `host`,
 //!   `expect_status` and `expect_body` are errors where the check's type is not `"http"`.
+//! - `role = "primary"` and `"replica"` need every backend checked by a role check;
+//!   `max_lag` and `replica_fallback` need `role = "replica"`; `role = "primary"` always
+//!   resets the flows of a backend that stops being the primary (so `on_backend_down =
+//!   "keep"` is an error there). `user`, `password*` and `database` need a database check,
+//!   `primary_path` and `replica_path` an `http-role` one, and one layer sets at most one of
+//!   `password`, `password_env` and `password_file` (a backend's replaces the service's).
 //! - VRRP: names unique; `(interface, virtual_router_id)` unique; a virtual address in one
 //!   instance only; `advert_interval` fits the version; `auth_password` needs version 2;
 //!   `unicast_source` needs `unicast_peers`; tracked services exist.
@@ -124,6 +156,7 @@ mod duration;
 mod error;
 mod locate;
 mod raw;
+mod secret;
 mod validate;
 
 #[cfg(test)]
@@ -131,12 +164,13 @@ mod tests;
 
 use std::{
     fmt,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     time::Duration,
 };
 
 pub use error::{ConfigError, Problem};
+pub use secret::Secret;
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +179,8 @@ pub struct Config {
     pub timeouts: FlowTimeouts,
     pub services: Vec<ServiceConfig>,
     pub control: ControlConfig,
+    /// The status page and metrics.
+    pub http: HttpConfig,
     /// VRRP instances, in file order; empty when this node holds its addresses alone.
     pub vrrp: Vec<VrrpConfig>,
 }
@@ -152,6 +188,8 @@ pub struct Config {
 /// Where and how the XDP program runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataplaneConfig {
+    /// Which data plane forwards: the XDP program or the userspace proxy.
+    pub mode: DataplaneMode,
     /// Interfaces the program is attached to; at least one, no duplicates.
     pub interfaces: Vec<String>,
     pub attach: AttachMode,
@@ -185,6 +223,60 @@ impl Default for ControlConfig {
         Self {
             socket: PathBuf::from(Self::DEFAULT_SOCKET),
         }
+    }
+}
+
+/// The HTTP listener of the status page, its JSON API and the Prometheus endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    /// Loopback by default: what it shows is for the operator, so exposing it is a choice.
+    pub listen: SocketAddr,
+}
+
+impl HttpConfig {
+    /// HAProxy's customary stats port, on loopback.
+    pub const DEFAULT_LISTEN: SocketAddr =
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8404));
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: Self::DEFAULT_LISTEN,
+        }
+    }
+}
+
+/// Which data plane forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DataplaneMode {
+    /// XDP where the kernel, architecture and interfaces allow it, else the userspace
+    /// proxy; gerbang logs which and why.
+    #[default]
+    Auto,
+    /// The XDP program only: start fails where it cannot run.
+    Xdp,
+    /// The userspace proxy (32-bit kernels, hosts without BPF).
+    Userspace,
+}
+
+impl DataplaneMode {
+    pub const ALL: [Self; 3] = [Self::Auto, Self::Xdp, Self::Userspace];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Xdp => "xdp",
+            Self::Userspace => "userspace",
+        }
+    }
+}
+
+impl fmt::Display for DataplaneMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -274,6 +366,16 @@ pub struct ServiceConfig {
     pub snat_address: Ipv4Addr,
     /// What happens to established flows of a backend that fails its health checks.
     pub on_backend_down: DownPolicy,
+    /// Userspace mode: at most this many connections (TCP) or sessions (UDP) at once.
+    pub max_connections: Option<u32>,
+    /// Userspace mode, TCP: open each backend connection with a PROXY protocol v2 header
+    /// carrying the client's address (HAProxy's `send-proxy-v2`).
+    pub send_proxy_v2: bool,
+    /// Which backends of a replicated database take new flows.
+    pub role: ServiceRole,
+    /// `role = "replica"`: where reads go while no replica is within `max_lag` (which each
+    /// backend's role check carries, see [`DbCheck::max_lag`]).
+    pub replica_fallback: ReplicaFallback,
     /// The service's `[service.check]` with defaults applied; each backend's
     /// [`BackendConfig::check`] is this with the backend's own keys over it.
     pub check: CheckConfig,
@@ -307,6 +409,72 @@ impl fmt::Display for DownPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Which backends of a replicated database a service uses (`service.role`).
+///
+/// The layouts of MySQL Router (read-write port, read-only port) and of HAProxy in front of
+/// PostgreSQL (write port, read port) are two services over the same backends, one
+/// `Primary` and one `Replica`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ServiceRole {
+    /// Every healthy backend, whatever its role.
+    #[default]
+    Any,
+    /// At most one backend: the one primary. A second claimant stops new flows until one
+    /// of them stops claiming (fail closed), and a backend that stops being the primary has
+    /// its flows cut.
+    Primary,
+    /// Replicas whose lag is within `max_lag`, else [`ServiceConfig::replica_fallback`].
+    Replica,
+}
+
+impl ServiceRole {
+    pub const ALL: [Self; 3] = [Self::Any, Self::Primary, Self::Replica];
+
+    /// The name the config file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::Primary => "primary",
+            Self::Replica => "replica",
+        }
+    }
+}
+
+impl fmt::Display for ServiceRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a `role = "replica"` service sends new flows while no replica is fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ReplicaFallback {
+    /// To the primary, as MySQL Router's `round-robin-with-fallback` read-only port and
+    /// HAProxy's read port with the primary as `backup` do: reads stay available and are
+    /// never stale.
+    #[default]
+    Primary,
+    /// Nowhere: clients are refused rather than loading the primary.
+    None,
+}
+
+impl ReplicaFallback {
+    pub const ALL: [Self; 2] = [Self::Primary, Self::None];
+
+    /// The name the config file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::None => "none",
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// `max_lag` when the file does not say.
+    pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(10);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -431,6 +599,16 @@ pub enum CheckKind {
     Tcp,
     /// An HTTP/1.1 `GET` whose response is judged.
     Http(HttpCheck),
+    /// PostgreSQL: `pg_is_in_recovery()` and the replay lag. A role check.
+    Postgres(DbCheck),
+    /// MySQL or MariaDB: `@@global.read_only` and the replica status. A role check.
+    Mysql(DbCheck),
+    /// A MariaDB Galera node: up while synced (`wsrep_local_state = 4`) in the primary
+    /// component; every such node may take writes. A role check.
+    Galera(DbCheck),
+    /// Patroni-style REST endpoints: `GET primary_path` answers 200 on the primary,
+    /// `GET replica_path` 200 on a replica fit for reads. A role check.
+    HttpRole(HttpRoleCheck),
 }
 
 impl CheckKind {
@@ -440,7 +618,17 @@ impl CheckKind {
             Self::None => "none",
             Self::Tcp => "tcp",
             Self::Http(_) => "http",
+            Self::Postgres(_) => "postgres",
+            Self::Mysql(_) => "mysql",
+            Self::Galera(_) => "galera",
+            Self::HttpRole(_) => "http-role",
         }
+    }
+
+    /// Whether the check asks the backend for its role, as `role = "primary"` and
+    /// `"replica"` services need.
+    pub fn is_role_check(&self) -> bool {
+        !matches!(self, Self::None | Self::Tcp | Self::Http(_))
     }
 }
 
@@ -483,6 +671,47 @@ impl Default for HttpCheck {
             host: None,
             expect_status: vec![(200, 399)],
             expect_body: None,
+        }
+    }
+}
+
+/// How a database check logs in, and what it judges a replica by.
+///
+/// The connection is plain TCP without TLS: gerbang checks databases on the private network
+/// behind it, as HAProxy's `mysql-check` and `pgsql-check` do, so the password should be
+/// one for a user that may do nothing but look (see `config/postgres-pair.toml`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbCheck {
+    pub user: String,
+    /// `None` logs in without one.
+    pub password: Option<Secret>,
+    /// The database to connect to (PostgreSQL needs one; MySQL none).
+    pub database: Option<String>,
+    /// A replica further behind than this is not fit for reads: the service's `max_lag`.
+    pub max_lag: Duration,
+}
+
+impl DbCheck {
+    /// `user` when the file does not say.
+    pub const DEFAULT_USER: &'static str = "gerbang";
+    /// PostgreSQL's `database` when the file does not say.
+    pub const DEFAULT_POSTGRES_DATABASE: &'static str = "postgres";
+}
+
+/// A role check against HTTP endpoints that answer 200 only for their role (Patroni's
+/// `/primary` and `/replica?lag=...`; the endpoint judges the lag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRoleCheck {
+    pub primary_path: String,
+    pub replica_path: String,
+}
+
+impl Default for HttpRoleCheck {
+    /// Patroni's endpoints.
+    fn default() -> Self {
+        Self {
+            primary_path: "/primary".to_owned(),
+            replica_path: "/replica".to_owned(),
         }
     }
 }

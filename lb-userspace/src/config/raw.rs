@@ -26,12 +26,14 @@ pub(super) struct RawConfig {
     pub timeouts: Option<Spanned<Table<RawTimeouts>>>,
     pub service: Option<Spanned<Tables<RawService>>>,
     pub control: Option<Spanned<Table<RawControl>>>,
+    pub http: Option<Spanned<Table<RawHttp>>>,
     pub vrrp: Option<Spanned<Tables<RawVrrp>>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDataplane {
+    pub mode: Leaf,
     pub interfaces: Leaf,
     pub attach: Leaf,
     pub snat_address: Leaf,
@@ -44,6 +46,13 @@ pub(super) struct RawDataplane {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawControl {
     pub socket: Leaf,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    pub enabled: Leaf,
+    pub listen: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -64,6 +73,11 @@ pub(super) struct RawService {
     pub scheduler: Leaf,
     pub snat_address: Leaf,
     pub on_backend_down: Leaf,
+    pub max_connections: Leaf,
+    pub send_proxy_v2: Leaf,
+    pub role: Leaf,
+    pub max_lag: Leaf,
+    pub replica_fallback: Leaf,
     pub check: Option<Spanned<Table<RawCheck>>>,
     pub backend: Option<Spanned<Tables<RawBackend>>>,
 }
@@ -97,6 +111,13 @@ pub(super) struct RawCheck {
     pub host: Leaf,
     pub expect_status: Leaf,
     pub expect_body: Leaf,
+    pub user: Leaf,
+    pub password: Leaf,
+    pub password_env: Leaf,
+    pub password_file: Leaf,
+    pub database: Leaf,
+    pub primary_path: Leaf,
+    pub replica_path: Leaf,
 }
 
 #[derive(Deserialize)]

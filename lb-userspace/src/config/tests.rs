@@ -179,6 +179,7 @@ fn defaults() {
         config,
         Config {
             dataplane: DataplaneConfig {
+                mode: DataplaneMode::Auto,
                 interfaces: vec!["eth0".into()],
                 attach: AttachMode::Auto,
                 snat_ports: PortRange {
@@ -201,6 +202,10 @@ fn defaults() {
                 scheduler: Scheduler::RoundRobin,
                 snat_address: Ipv4Addr::new(10, 0, 0, 1),
                 on_backend_down: DownPolicy::Reset,
+                max_connections: None,
+                send_proxy_v2: false,
+                role: ServiceRole::Any,
+                replica_fallback: ReplicaFallback::Primary,
                 check: DEFAULT_CHECK,
                 backends: vec![BackendConfig {
                     name: "web1".into(),
@@ -212,6 +217,10 @@ fn defaults() {
             }],
             control: ControlConfig {
                 socket: PathBuf::from("/run/gerbang/control.sock"),
+            },
+            http: HttpConfig {
+                enabled: true,
+                listen: "127.0.0.1:8404".parse().unwrap(),
             },
             vrrp: vec![],
         }
@@ -1162,6 +1171,49 @@ fn control_socket() {
     only_problem(&format!("{MINIMAL}[[control]]\n"), 12, "control[0]");
 }
 
+#[test]
+fn http_listener() {
+    let with = |lines: &str| format!("{MINIMAL}[http]\n{lines}\n");
+    let listen = |text: &str| {
+        parse(&with(&format!("listen = {text:?}")))
+            .unwrap()
+            .http
+            .listen
+    };
+    assert_eq!(listen("0.0.0.0:9100"), "0.0.0.0:9100".parse().unwrap());
+    assert_eq!(listen("[::1]:8404"), "[::1]:8404".parse().unwrap());
+    // Port 0 takes any free port: tests run several gerbangs at once.
+    assert_eq!(listen("127.0.0.1:0").port(), 0);
+    let off = parse(&with("enabled = false")).unwrap().http;
+    assert_eq!(
+        (off.enabled, off.listen),
+        (false, HttpConfig::DEFAULT_LISTEN)
+    );
+    assert_eq!(
+        parse(&with("")).unwrap().http,
+        HttpConfig::default(),
+        "an empty table takes the defaults"
+    );
+
+    let message = only_problem(&with("listen = \"127.0.0.1\""), 13, "http.listen");
+    assert_eq!(
+        message,
+        "invalid address \"127.0.0.1\": give a port too, such as 127.0.0.1:8404"
+    );
+    let message = only_problem(&with("listen = \"localhost:8404\""), 13, "http.listen");
+    assert!(message.contains("\"[::1]:8404\""), "{message}");
+    let message = only_problem(&with("listen = \"224.0.0.1:80\""), 13, "http.listen");
+    assert!(message.contains("multicast"), "{message}");
+    let message = only_problem(&with("listen = 8404"), 13, "http.listen");
+    assert_eq!(
+        message,
+        "expected an address and port such as \"127.0.0.1:8404\", found the number 8404"
+    );
+    let message = only_problem(&with("enabled = \"no\""), 13, "http.enabled");
+    assert!(message.starts_with("expected true or false"), "{message}");
+    only_problem(&with("port = 8404"), 13, "http.port");
+}
+
 // ---- Services: on_backend_down, weight, backup ----
 
 #[test]
@@ -1418,7 +1470,8 @@ fn check_values() {
     for (key, expected) in [
         (
             "type = \"icmp\"",
-            "invalid value \"icmp\": allowed \"tcp\", \"http\", \"none\" (default \"tcp\")",
+            "invalid value \"icmp\": allowed \"tcp\", \"http\", \"none\", \"postgres\", \
+             \"mysql\", \"galera\", \"http-role\" (default \"tcp\")",
         ),
         (
             "interval = \"0s\"",
@@ -2579,4 +2632,61 @@ fn hostile_nesting_is_rejected() {
     ] {
         parse_must_not_panic(&text);
     }
+}
+
+#[test]
+fn userspace_mode_needs_no_interfaces_and_allows_proxy_options() {
+    let text = MINIMAL
+        .replace("interfaces = [\"eth0\"]\n", "mode = \"userspace\"\n")
+        .replace(
+            "listen = \"192.0.2.10:80\"\n",
+            "listen = \"192.0.2.10:80\"\nmax_connections = 500\nsend_proxy_v2 = true\n",
+        );
+    let config = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.dataplane.mode, DataplaneMode::Userspace);
+    assert!(config.dataplane.interfaces.is_empty());
+    assert_eq!(config.services[0].max_connections, Some(500));
+    assert!(config.services[0].send_proxy_v2);
+}
+
+#[test]
+fn proxy_options_need_userspace_mode_and_tcp() {
+    let with_limit = MINIMAL.replace(
+        "listen = \"192.0.2.10:80\"\n",
+        "listen = \"192.0.2.10:80\"\nmax_connections = 5\n",
+    );
+    let line = with_limit
+        .lines()
+        .position(|l| l.starts_with("max_connections"))
+        .unwrap()
+        + 1;
+    let message = only_problem(&with_limit, line, "service[web].max_connections");
+    assert!(
+        message.contains("needs dataplane.mode = \"userspace\""),
+        "{message}"
+    );
+
+    let udp = MINIMAL
+        .replace("interfaces = [\"eth0\"]\n", "mode = \"userspace\"\n")
+        .replace(
+            "listen = \"192.0.2.10:80\"\n",
+            "listen = \"192.0.2.10:80\"\nprotocol = \"udp\"\nsend_proxy_v2 = true\n",
+        );
+    let line = udp
+        .lines()
+        .position(|l| l.starts_with("send_proxy_v2"))
+        .unwrap()
+        + 1;
+    let message = only_problem(&udp, line, "service[web].send_proxy_v2");
+    assert!(message.contains("UDP"), "{message}");
+
+    let message = only_problem(
+        &MINIMAL.replace("[dataplane]\n", "[dataplane]\nmode = \"ebpf\"\n"),
+        2,
+        "dataplane.mode",
+    );
+    assert!(
+        message.contains("\"auto\", \"xdp\", \"userspace\""),
+        "{message}"
+    );
 }

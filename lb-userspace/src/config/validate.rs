@@ -8,6 +8,7 @@
 //! Health checks (`check`) and VRRP instances (`vrrp`) have their own submodules.
 
 mod check;
+mod role;
 mod vrrp;
 
 use std::{
@@ -25,14 +26,15 @@ use lb_common::{
 };
 use toml::{Spanned, Value};
 
-use self::check::CheckLayer;
+use self::check::{CheckContext, CheckLayer};
 use super::{
-    AttachMode, BackendConfig, CheckConfig, Config, ControlConfig, DataplaneConfig, DownPolicy,
-    FlowTimeouts, PortRange, Problem, Protocol, Scheduler, ServiceConfig, VrrpConfig, duration,
+    AttachMode, BackendConfig, CheckConfig, Config, ControlConfig, DataplaneConfig, DataplaneMode,
+    DownPolicy, FlowTimeouts, HttpConfig, PortRange, Problem, Protocol, Scheduler, ServiceConfig,
+    VrrpConfig, duration,
     locate::{self, Lines},
     raw::{
-        Leaf, RawBackend, RawConfig, RawControl, RawDataplane, RawService, RawTimeouts, Table,
-        Tables,
+        Leaf, RawBackend, RawConfig, RawControl, RawDataplane, RawHttp, RawService, RawTimeouts,
+        Table, Tables,
     },
 };
 
@@ -56,6 +58,7 @@ const BACKEND_EXAMPLE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 
 const ADDRESS_EXAMPLE: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 11);
 /// HAProxy's range of server weights.
 const WEIGHTS: RangeInclusive<u32> = 0..=256;
+const MAX_CONNECTIONS: RangeInclusive<u32> = 1..=1_000_000;
 const DEFAULT_WEIGHT: u32 = 1;
 /// Long enough for any sane bpffs directory, short enough to leave room under PATH_MAX for
 /// the names pinned in it.
@@ -85,8 +88,9 @@ pub(super) fn validate(raw: &RawConfig, text: &str) -> Result<Config, Vec<Proble
     let timeouts = checker.timeouts(raw.timeouts.as_ref());
     let (services, known) = checker.services(raw.service.as_ref(), &dataplane);
     let control = checker.control(raw.control.as_ref());
+    let http = checker.http(raw.http.as_ref());
     let vrrp = checker.vrrp(raw.vrrp.as_ref(), &known);
-    let config = assemble(dataplane, timeouts, services, control, vrrp);
+    let config = assemble(dataplane, timeouts, services, control, http, vrrp);
     let mut problems = checker.problems;
     match config {
         Ok(config) if problems.is_empty() => Ok(config),
@@ -104,10 +108,12 @@ fn assemble(
     timeouts: Checked<FlowTimeouts>,
     services: Checked<Vec<ServiceConfig>>,
     control: Checked<ControlConfig>,
+    http: Checked<HttpConfig>,
     vrrp: Checked<Vec<VrrpConfig>>,
 ) -> Checked<Config> {
     Ok(Config {
         dataplane: DataplaneConfig {
+            mode: dataplane.mode?,
             interfaces: dataplane.interfaces?,
             attach: dataplane.attach?,
             snat_ports: dataplane.snat_ports?,
@@ -117,6 +123,7 @@ fn assemble(
         timeouts: timeouts?,
         services: services?,
         control: control?,
+        http: http?,
         vrrp: vrrp?,
     })
 }
@@ -138,6 +145,7 @@ struct Snat {
 
 /// `[dataplane]`, checked field by field; services need some fields before it is assembled.
 struct DataplaneDraft {
+    mode: Checked<DataplaneMode>,
     interfaces: Checked<Vec<String>>,
     attach: Checked<AttachMode>,
     snat: Checked<Option<Snat>>,
@@ -157,6 +165,9 @@ struct ServiceDraft {
     scheduler: Checked<Scheduler>,
     snat: Checked<Snat>,
     on_backend_down: Checked<DownPolicy>,
+    max_connections: Checked<Option<u32>>,
+    send_proxy_v2: Checked<bool>,
+    role: role::RoleDraft,
     check: Checked<CheckConfig>,
     backends: Checked<Vec<BackendConfig>>,
 }
@@ -170,6 +181,10 @@ impl ServiceDraft {
             scheduler: self.scheduler?,
             snat_address: self.snat?.address,
             on_backend_down: self.on_backend_down?,
+            max_connections: self.max_connections?,
+            send_proxy_v2: self.send_proxy_v2?,
+            role: self.role.role?,
+            replica_fallback: self.role.replica_fallback?,
             check: self.check?,
             backends: self.backends?,
         })
@@ -325,8 +340,22 @@ impl Checker<'_> {
             Some(table) => (&**table.get_ref(), Some(table.span())),
             None => (&absent, None),
         };
+        let mode = self.choice(
+            &table.mode,
+            "dataplane.mode",
+            &DataplaneMode::ALL,
+            DataplaneMode::as_str,
+        );
+        // The proxy listens on the VIPs themselves; it needs no interface to attach to.
+        let interfaces =
+            if table.interfaces.is_none() && matches!(mode, Ok(DataplaneMode::Userspace)) {
+                Ok(Vec::new())
+            } else {
+                self.interfaces(&table.interfaces, span)
+            };
         DataplaneDraft {
-            interfaces: self.interfaces(&table.interfaces, span),
+            mode,
+            interfaces,
             attach: self.choice(
                 &table.attach,
                 "dataplane.attach",
@@ -368,6 +397,48 @@ impl Checker<'_> {
             },
         )?;
         Ok(ControlConfig { socket })
+    }
+
+    fn http(&mut self, raw: Option<&Spanned<Table<RawHttp>>>) -> Checked<HttpConfig> {
+        let absent = RawHttp::default();
+        let table = raw.map_or(&absent, |table| &**table.get_ref());
+        let enabled = self.boolean(&table.enabled, "http.enabled", true);
+        let listen = match &table.listen {
+            Some(value) => self.listen_address(value, "http.listen"),
+            None => Ok(HttpConfig::DEFAULT_LISTEN),
+        };
+        Ok(HttpConfig {
+            enabled: enabled?,
+            listen: listen?,
+        })
+    }
+
+    /// An address and port to listen on, IPv4 or IPv6.
+    fn listen_address(&mut self, value: &Spanned<Value>, field: &str) -> Checked<SocketAddr> {
+        let example = HttpConfig::DEFAULT_LISTEN;
+        let text = self.string(
+            value,
+            field,
+            &format!("an address and port such as \"{example}\""),
+        )?;
+        let problem = match text.parse::<SocketAddr>() {
+            Ok(address) if address.ip().is_multicast() => {
+                format!("{address} is a multicast address: give an address of this host")
+            }
+            Ok(address) => return Ok(address),
+            Err(_) => match text.parse::<std::net::IpAddr>() {
+                Ok(ip) => format!(
+                    "invalid address {text:?}: give a port too, such as {}",
+                    SocketAddr::new(ip, example.port())
+                ),
+                Err(_) => format!(
+                    "invalid address {text:?}: expected IP:port such as \"{example}\", \
+                     \"0.0.0.0:{port}\" or \"[::1]:{port}\"",
+                    port = example.port()
+                ),
+            },
+        };
+        Err(self.report(Some(value.span()), field, problem))
     }
 
     /// A filesystem path, `rule.default` when absent.
@@ -611,6 +682,55 @@ impl Checker<'_> {
         }
     }
 
+    /// `max_connections` and `send_proxy_v2`: things only the userspace proxy can do, since
+    /// it terminates connections and the XDP program forwards packets.
+    fn proxy_options(
+        &mut self,
+        raw: &RawService,
+        path: &str,
+        dataplane: &DataplaneDraft,
+        protocol: &Checked<Protocol>,
+    ) -> (Checked<Option<u32>>, Checked<bool>) {
+        let userspace = matches!(dataplane.mode, Ok(DataplaneMode::Userspace));
+        let needs_userspace = |this: &mut Self, leaf: &Leaf, key: &str| {
+            if let (Some(value), false) = (leaf, userspace) {
+                let message = format!(
+                    "{key} needs dataplane.mode = \"userspace\": the XDP program forwards \
+                     packets and never sees a connection to limit or prefix"
+                );
+                this.report(Some(value.span()), &format!("{path}.{key}"), message);
+            }
+        };
+        needs_userspace(self, &raw.max_connections, "max_connections");
+        needs_userspace(self, &raw.send_proxy_v2, "send_proxy_v2");
+        let max_connections = match &raw.max_connections {
+            Some(value) => self
+                .number(
+                    value,
+                    &format!("{path}.max_connections"),
+                    MAX_CONNECTIONS,
+                    "a whole number of connections",
+                    None,
+                )
+                .map(Some),
+            None => Ok(None),
+        };
+        let send_proxy_v2 =
+            self.boolean(&raw.send_proxy_v2, &format!("{path}.send_proxy_v2"), false);
+        if let (Ok(true), Ok(Protocol::Udp), Some(value)) =
+            (&send_proxy_v2, protocol, &raw.send_proxy_v2)
+        {
+            let message = "the PROXY protocol v2 header is sent on TCP connections; a UDP \
+                           service cannot carry it";
+            self.report(
+                Some(value.span()),
+                &format!("{path}.send_proxy_v2"),
+                message,
+            );
+        }
+        (max_connections, send_proxy_v2)
+    }
+
     fn boolean(&mut self, leaf: &Leaf, field: &str, default: bool) -> Checked<bool> {
         match leaf.as_ref().map(|value| (value, value.get_ref())) {
             None => Ok(default),
@@ -744,18 +864,17 @@ impl Checker<'_> {
             &DownPolicy::ALL,
             DownPolicy::as_str,
         );
+        let (max_connections, send_proxy_v2) = self.proxy_options(raw, &path, dataplane, &protocol);
+        let role = self.service_role(raw, &path, &on_backend_down);
         let check_layer = self.check_layer(raw.check.as_ref(), field("check"), None);
         // An invalid protocol has been reported; its checks are judged as a TCP service's.
-        let checked_as = protocol.unwrap_or(Protocol::Tcp);
-        let check = check::resolve(&[&check_layer], checked_as);
-        let backends = self.backends(
-            &path,
-            raw,
-            &header,
-            &check_layer,
-            checked_as,
-            total_backends,
-        );
+        let context = CheckContext {
+            protocol: protocol.unwrap_or(Protocol::Tcp),
+            max_lag: role.max_lag,
+        };
+        let check = check::resolve(&[&check_layer], context);
+        let backends = self.backends(&path, raw, &header, &check_layer, context, total_backends);
+        self.role_checks(raw, &path, &role.role, &backends);
         ServiceDraft {
             path,
             header,
@@ -765,6 +884,9 @@ impl Checker<'_> {
             scheduler,
             snat,
             on_backend_down,
+            max_connections,
+            send_proxy_v2,
+            role,
             check,
             backends,
         }
@@ -809,7 +931,7 @@ impl Checker<'_> {
         raw: &RawService,
         header: &Range<usize>,
         service_check: &CheckLayer,
-        protocol: Protocol,
+        context: CheckContext,
         total: &mut usize,
     ) -> Checked<Vec<BackendConfig>> {
         let array = format!("{service}.backend");
@@ -899,9 +1021,9 @@ impl Checker<'_> {
                 Some(own) => {
                     let layer =
                         self.check_layer(Some(own), format!("{path}.check"), Some(service_check));
-                    check::resolve(&[&layer, service_check], protocol)
+                    check::resolve(&[&layer, service_check], context)
                 }
-                None => check::resolve(&[service_check], protocol),
+                None => check::resolve(&[service_check], context),
             };
             backends.push(
                 BackendDraft {

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use lb_common::Timeouts;
 use tokio::{
     sync::{mpsc, watch},
@@ -17,28 +17,31 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use super::{Command, FIRST_VERDICT_SLACK, Status, StopMode, UpdateLatency, tasks};
+use super::{
+    Command, FIRST_VERDICT_SLACK, Status, StopMode, UpdateLatency, dataplane::ActiveDataplane,
+    tasks,
+};
 use crate::{
     config::{CheckKind, Config},
     control::{self, ControlServer, Incoming, Request},
     dataplane::{
-        AdminState, BackendKey, BackendState, BackendStatus, Dataplane as _, Plan,
-        xdp::{
-            NextHopResolver, PinDir, SweepReport, TrafficReport, XdpDataplane, kernel_timeouts,
-            mode_name,
-        },
+        AdminState, BackendKey, BackendState, BackendStatus, Plan,
+        xdp::{SweepReport, TrafficReport, kernel_timeouts},
     },
-    health::{CheckTarget, HealthChange, HealthMonitor},
+    health::{CheckTarget, HealthChange, HealthMonitor, RoleVerdict},
+    observe::StatusView,
     vrrp::{VrrpRunner, VrrpState, VrrpStatus},
 };
 
 pub struct Core {
     config: Config,
     config_path: Option<PathBuf>,
-    dataplane: XdpDataplane,
+    dataplane: ActiveDataplane,
     health: HealthMonitor,
     health_changes: mpsc::UnboundedReceiver<HealthChange>,
     healthy: BTreeMap<BackendKey, bool>,
+    /// Role-checked backends' roles, for services of replicated databases.
+    roles: BTreeMap<BackendKey, RoleVerdict>,
     admin: BTreeMap<BackendKey, AdminState>,
     plan: Plan,
     /// Inputs of the background tasks that reloads change.
@@ -56,21 +59,14 @@ pub struct Core {
 }
 
 impl Core {
-    pub async fn start(config: Config, config_path: Option<PathBuf>, pins: PinDir) -> Result<Core> {
-        let (mut dataplane, background) =
-            XdpDataplane::load(&config.dataplane, &config.timeouts, Some(pins))?;
-        dataplane.attach(&config.dataplane.interfaces, config.dataplane.attach)?;
-
-        let (connection, netlink, _) =
-            rtnetlink::new_connection().context("opening a netlink socket")?;
-        let connection = tokio::spawn(connection);
-        let mut resolver = NextHopResolver::new(netlink, background.next_hops);
+    pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Core> {
         let addresses = backend_addresses(&config);
-        tasks::resolve_before_going_live(&mut resolver, &addresses).await?;
+        let (dataplane, companions) = ActiveDataplane::start(&config, &addresses).await?;
 
         let (health, health_changes) = HealthMonitor::new();
         health.set_targets(check_targets(&config));
         let healthy = health.first_verdicts(first_verdict_wait(&config)).await;
+        let roles = known_roles(&health);
 
         let service_health = watch::Sender::new(backends_up(&config, &healthy));
         let vrrp = if config.vrrp.is_empty() {
@@ -93,6 +89,7 @@ impl Core {
             health,
             health_changes,
             healthy,
+            roles,
             admin: BTreeMap::new(),
             backends: watch::Sender::new(addresses),
             timeouts: watch::Sender::new(kernel_timeouts(&config.timeouts)),
@@ -118,22 +115,24 @@ impl Core {
             );
         }
 
-        let (sweep_reports, sweeps) = watch::channel(SweepReport::default());
-        core.sweeps = sweeps;
-        core.tasks = vec![
-            tokio::spawn(tasks::keep_next_hops(
-                resolver,
-                core.backends.subscribe(),
-                core.stop.subscribe(),
-            )),
-            tokio::spawn(tasks::sweep_flows(
-                background.sweeper,
-                core.timeouts.subscribe(),
-                sweep_reports,
-                core.stop.subscribe(),
-            )),
-            connection,
-        ];
+        if let Some(companions) = companions {
+            let (sweep_reports, sweeps) = watch::channel(SweepReport::default());
+            core.sweeps = sweeps;
+            core.tasks = vec![
+                tokio::spawn(tasks::keep_next_hops(
+                    companions.resolver,
+                    core.backends.subscribe(),
+                    core.stop.subscribe(),
+                )),
+                tokio::spawn(tasks::sweep_flows(
+                    companions.sweeper,
+                    core.timeouts.subscribe(),
+                    sweep_reports,
+                    core.stop.subscribe(),
+                )),
+                companions.netlink,
+            ];
+        }
         Ok(core)
     }
 
@@ -209,6 +208,7 @@ impl Core {
                 backend,
                 state,
             } => self.set_admin(&service, &backend, state),
+            Request::Status => Ok(StatusView::new(&self.status()?).to_json()),
         }
     }
 
@@ -216,13 +216,8 @@ impl Core {
         Ok(Status {
             version: env!("CARGO_PKG_VERSION"),
             started: self.started,
-            dataplane: "xdp",
-            attachments: self
-                .dataplane
-                .attachments()
-                .iter()
-                .map(|a| (a.interface.clone(), a.mode.map_or("taken over", mode_name)))
-                .collect(),
+            dataplane: self.dataplane.name(),
+            attachments: self.dataplane.attachments(),
             plan: self.plan.clone(),
             admin: self.admin.clone(),
             health: self.health.snapshot(),
@@ -231,11 +226,17 @@ impl Core {
             flow_table_size: self.config.dataplane.flow_table_size,
             updates: self.updates.clone(),
             vrrp: self.vrrp_states.borrow().clone(),
+            config: self.config.clone(),
         })
     }
 
     fn on_health(&mut self, change: HealthChange) {
-        if self.healthy.insert(change.key.clone(), change.up) == Some(change.up) {
+        let up_changed = self.healthy.insert(change.key.clone(), change.up) != Some(change.up);
+        let role_changed = match change.role {
+            Some(role) => self.roles.insert(change.key.clone(), role) != Some(role),
+            None => self.roles.remove(&change.key).is_some(),
+        };
+        if !up_changed && !role_changed {
             return;
         }
         if let Err(err) = self.replan() {
@@ -288,6 +289,7 @@ impl Core {
             .clone()
             .ok_or_else(|| anyhow!("gerbang was started without a configuration file"))?;
         let new = Config::load(&path)?;
+        self.dataplane.check_reload(&new)?;
         let old = &self.config;
         let mut notes = Vec::new();
         for (what, changed) in [
@@ -300,7 +302,9 @@ impl Core {
                 new.dataplane.flow_table_size != old.dataplane.flow_table_size,
             ),
             ("control.socket", new.control.socket != old.control.socket),
+            ("[http]", new.http != old.http),
             ("[[vrrp]]", new.vrrp != old.vrrp),
+            ("dataplane.mode", new.dataplane.mode != old.dataplane.mode),
         ] {
             if changed {
                 notes.push(format!("{what} changes only at the next start"));
@@ -308,17 +312,22 @@ impl Core {
         }
         if new.dataplane.interfaces != old.dataplane.interfaces {
             self.dataplane
-                .attach(&new.dataplane.interfaces, new.dataplane.attach)?;
+                .set_interfaces(&new.dataplane.interfaces, new.dataplane.attach)?;
         }
         if new.timeouts != old.timeouts {
-            let timeouts = self.dataplane.set_timeouts(&new.timeouts)?;
-            self.timeouts.send_replace(timeouts);
+            match self.dataplane.set_timeouts(&new.timeouts)? {
+                Some(timeouts) => {
+                    self.timeouts.send_replace(timeouts);
+                }
+                None => notes.push("[timeouts] change only at the next start".to_string()),
+            }
         }
 
         let (before_services, before_backends) = counts(old);
         self.health.set_targets(check_targets(&new));
         let known: BTreeSet<BackendKey> = backend_keys(&new).collect();
         self.healthy.retain(|key, _| known.contains(key));
+        self.roles.retain(|key, _| known.contains(key));
         self.admin.retain(|key, _| known.contains(key));
         // A new backend takes traffic only once its first check has passed.
         for (key, up) in self.health.first_verdicts(first_verdict_wait(&new)).await {
@@ -326,6 +335,9 @@ impl Core {
         }
         for key in &known {
             self.healthy.entry(key.clone()).or_insert(false);
+        }
+        for (key, role) in known_roles(&self.health) {
+            self.roles.entry(key).or_insert(role);
         }
         self.config = new;
         self.replan()?;
@@ -359,7 +371,7 @@ impl Core {
                 (key, status)
             })
             .collect();
-        let mut plan = Plan::compute(&self.config, &statuses);
+        let mut plan = Plan::compute_with_roles(&self.config, &statuses, &self.roles);
         let held = self.vrrp_held();
         plan.services
             .retain(|s| held.get(s.listen.ip()).copied().unwrap_or(true));
@@ -411,16 +423,14 @@ impl Core {
             Ok(report) => log_summary(&report),
             Err(err) => warn!("reading the final counters: {err:#}"),
         }
-        let detach = mode == StopMode::Detach;
-        for attachment in self.dataplane.attachments() {
-            let mode = attachment.mode.map_or("taken over", mode_name);
-            if detach {
-                info!(interface = %attachment.interface, mode, "detaching XDP program");
+        for (interface, how) in self.dataplane.attachments() {
+            if mode == StopMode::Detach {
+                info!(%interface, mode = how, "detaching XDP program");
             } else {
-                info!(interface = %attachment.interface, mode, "XDP program stays attached");
+                info!(%interface, mode = how, "XDP program stays attached");
             }
         }
-        self.dataplane.close(detach)
+        self.dataplane.close(mode).await
     }
 }
 
@@ -441,6 +451,15 @@ fn backends_up(config: &Config, healthy: &BTreeMap<BackendKey, bool>) -> BTreeMa
                 .count();
             (s.name.clone(), up)
         })
+        .collect()
+}
+
+/// The roles the health checks know, for backends whose first role check has answered.
+fn known_roles(health: &HealthMonitor) -> BTreeMap<BackendKey, RoleVerdict> {
+    health
+        .snapshot()
+        .into_iter()
+        .filter_map(|backend| Some((backend.key, backend.role?)))
         .collect()
 }
 
@@ -518,6 +537,15 @@ fn log_changes(old: &Plan, new: &Plan) {
                 ),
                 None => {}
             }
+        }
+        let had_conflict = before.and_then(|s| s.conflict.as_deref());
+        match (had_conflict, service.conflict.as_deref()) {
+            (None, Some(conflict)) => error!(
+                service = %service.name,
+                "no primary: {conflict}; new flows are refused until exactly one does"
+            ),
+            (Some(_), None) => info!(service = %service.name, "primary conflict over"),
+            _ => {}
         }
         let had_active = before.is_some_and(|s| s.active().next().is_some());
         if service.active().next().is_none() && (had_active || before.is_none()) {

@@ -6,9 +6,10 @@
 //! background tasks in [`tasks`] own the maps they maintain.
 
 mod core;
+mod dataplane;
 mod tasks;
 
-use std::{collections::BTreeMap, path::Path, time::Duration, time::SystemTime};
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration, time::SystemTime};
 
 use anyhow::{Context as _, Result, anyhow};
 use tokio::{
@@ -23,9 +24,10 @@ use crate::{
     control::{self, ControlServer},
     dataplane::{
         AdminState, BackendKey,
-        xdp::{PinDir, SweepReport, TrafficReport},
+        xdp::{SweepReport, TrafficReport},
     },
     health::BackendHealth,
+    observe::{self, HttpServer},
     privileges,
 };
 
@@ -64,6 +66,10 @@ pub struct Status {
     pub updates: UpdateLatency,
     /// Every VRRP instance, in configuration order.
     pub vrrp: Vec<crate::vrrp::VrrpStatus>,
+    /// The running configuration: services not live here (a VRRP peer holds their VIP),
+    /// backup flags, virtual addresses. It holds secrets (`auth_password`): show only
+    /// chosen fields of it, as `observe::StatusView` does.
+    pub config: Config,
 }
 
 /// Durations of data-path updates (plan applies), for a histogram.
@@ -112,6 +118,8 @@ enum Command {
 pub struct Controller {
     handle: ControllerHandle,
     main: JoinHandle<()>,
+    /// The status page and metrics, unless `[http]` disables them.
+    http: Option<observe::Serving>,
 }
 
 /// A cloneable way to ask the running controller things (the status page, metrics and the
@@ -128,9 +136,13 @@ impl Controller {
     /// Must run in the network namespace of the configured interfaces (netlink sockets and
     /// interface names belong to the namespace of the thread that opens them).
     pub async fn start(config: Config, config_path: Option<&Path>) -> Result<Controller> {
-        let pins = PinDir::prepare(&config.dataplane.pin_path)?;
+        let http = config
+            .http
+            .enabled
+            .then(|| HttpServer::bind(config.http.listen))
+            .transpose()?;
         let (control, control_requests) = ControlServer::start(&config.control.socket)?;
-        let core = match Core::start(config, config_path.map(Path::to_path_buf), pins).await {
+        let core = match Core::start(config, config_path.map(Path::to_path_buf)).await {
             Ok(core) => core,
             Err(err) => {
                 control.stop();
@@ -139,14 +151,18 @@ impl Controller {
         };
         let (commands, inbox) = mpsc::channel(32);
         let main = tokio::spawn(core.run(inbox, control_requests, control));
-        Ok(Controller {
-            handle: ControllerHandle { commands },
-            main,
-        })
+        let handle = ControllerHandle { commands };
+        let http = http.map(|server| server.serve(handle.clone()));
+        Ok(Controller { handle, main, http })
     }
 
     pub fn handle(&self) -> ControllerHandle {
         self.handle.clone()
+    }
+
+    /// Where the status page and metrics listen (the port chosen, if configured as 0).
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(observe::Serving::address)
     }
 
     pub async fn traffic(&self) -> Result<TrafficReport> {
@@ -171,6 +187,7 @@ impl Controller {
     }
 
     pub async fn stop(self, mode: StopMode) -> Result<()> {
+        drop(self.http);
         let result = self.handle.ask(|reply| Command::Stop(mode, reply)).await;
         let _ = self.main.await;
         result?

@@ -2,8 +2,8 @@
 //!
 //! The controller decides *what* should be forwarded and hands it over as a [`Plan`];
 //! a data plane makes it so. The XDP program ([`xdp`]) is the fast path; the userspace
-//! proxy for kernels without XDP is planned as a second implementation of the same
-//! [`Dataplane`] contract, so the two cannot drift apart.
+//! proxy ([`proxy`]) serves where XDP cannot run. Both implement the same [`Dataplane`]
+//! contract, so the two cannot drift apart.
 
 pub mod plan;
 pub mod proxy;

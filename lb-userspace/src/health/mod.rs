@@ -11,11 +11,16 @@
 //!   reason when it fails ([`probe()`] is public, for one-off checks).
 //! - `state`: HAProxy's `fall`/`rise` counter, the choice between `interval`,
 //!   `fast_interval` and `down_interval`, and the ±10% jitter.
+//! - `db`: role checks of replicated databases (PostgreSQL, MySQL/MariaDB, Galera,
+//!   Patroni's endpoints) and the [`RoleVerdict`] each backend's reports add up to. A role
+//!   check is UP while the database answers; its role travels beside the verdict, in
+//!   [`HealthChange::role`], and a change of role alone is sent as a change too.
 //!
 //! Every backend's first probe runs at once, so that the controller can wait for first
 //! verdicts ([`HealthMonitor::first_verdicts`]) before it goes live; the first probe decides
 //! the first verdict. A backend without a check ([`CheckKind::None`]) is UP, never probed.
 
+mod db;
 mod probe;
 mod state;
 
@@ -35,8 +40,10 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
+pub use db::{Role, RoleReport, RoleVerdict};
 pub use probe::{ProbeFailure, ProbeSuccess, probe};
 
+use db::RoleState;
 use state::{HealthState, Jitter};
 
 use crate::{
@@ -73,6 +80,8 @@ pub struct HealthChange {
     /// What decided it, e.g. `HTTP status 503 (3 failures in a row)`.
     pub reason: String,
     pub at: Instant,
+    /// The backend's role, for a role check; `None` before its first answer.
+    pub role: Option<RoleVerdict>,
 }
 
 /// What the engine knows about one backend, for the status page and metrics.
@@ -95,6 +104,10 @@ pub struct BackendHealth {
     /// Probes so far, and how many of them failed.
     pub checks: u64,
     pub failures: u64,
+    /// A role check's verdict; `None` for other checks and before the first answer.
+    pub role: Option<RoleVerdict>,
+    /// A replica's lag at the last probe that told it.
+    pub lag: Option<Duration>,
 }
 
 /// Checks a set of backends, one task each, until stopped or dropped.
@@ -184,6 +197,8 @@ impl HealthMonitor {
                     last_checked: None,
                     checks: 0,
                     failures: 0,
+                    role: None,
+                    lag: None,
                 },
                 check: target.check,
                 generation,
@@ -287,6 +302,7 @@ impl Shared {
         state: &HealthState,
         result: &Result<ProbeSuccess, ProbeFailure>,
         changed: Option<bool>,
+        role: (&RoleState, bool),
     ) -> bool {
         let mut registry = self.lock();
         let Some(entry) = registry
@@ -310,6 +326,14 @@ impl Shared {
         health.last_result = Some(text.clone());
         health.last_latency = Some(latency);
         health.last_checked = Some(SystemTime::now());
+        let (role, role_changed) = role;
+        let report = result.as_ref().ok().and_then(|success| success.role);
+        let role_moved = role_changed
+            && health.role.map(|r| (r.role, r.fresh)) != role.verdict().map(|r| (r.role, r.fresh));
+        health.role = role.verdict();
+        if let Some(report) = report {
+            health.lag = report.lag;
+        }
         if let Some(up) = changed {
             let reason = if health.checks == 1 {
                 format!("{text} (first check)")
@@ -327,9 +351,17 @@ impl Shared {
             // Sent under the lock, so that `set_targets` cannot return between the
             // generation check and the send.
             self.announce(health, up, reason);
+        } else if role_changed {
+            // The role alone changed, or the last probe stopped (or started again)
+            // confirming it: the controller plans with both.
+            if role_moved && let Some(verdict) = health.role {
+                let (service, backend) = &health.key;
+                info!(address = %health.target, "backend {service}/{backend} is now {verdict}: {text}");
+            }
+            self.send(health, health.up == Some(true), text.clone());
         }
         drop(registry);
-        if changed.is_some() {
+        if changed.is_some() || role_changed {
             self.verdicts.send_modify(|n| *n += 1);
         }
         true
@@ -343,12 +375,18 @@ impl Shared {
         } else {
             warn!(address = %health.target, "backend {service}/{backend} is DOWN: {reason}");
         }
+        self.send(health, up, reason);
+    }
+
+    /// Sends a change to the controller.
+    fn send(&self, health: &BackendHealth, up: bool, reason: String) {
         // Nobody listening is fine: the snapshot still tells.
         let _ = self.changes.send(HealthChange {
             key: health.key.clone(),
             up,
             reason,
             at: Instant::now(),
+            role: health.role,
         });
     }
 }
@@ -366,13 +404,21 @@ async fn check_loop(
     generation: u64,
 ) {
     let mut state = HealthState::new(check.rise, check.fall);
+    let mut role = RoleState::new(check.rise);
     let mut jitter = Jitter::new(&key);
     loop {
         let result = probe(target, &check.kind, check.timeout).await;
         let changed = state.record(result.is_ok());
-        if !shared.record(&key, generation, &state, &result, changed) {
+        let role_changed = role.record(result.as_ref().ok().and_then(|s| s.role.as_ref()));
+        if !shared.record(&key, generation, &state, &result, changed, (&role, role_changed)) {
             return;
         }
-        tokio::time::sleep(jitter.spread(state.next_interval(&check))).await;
+        // A role being gained is confirmed at the pace of a backend coming UP.
+        let interval = if role.pending() {
+            check.fast_interval
+        } else {
+            state.next_interval(&check)
+        };
+        tokio::time::sleep(jitter.spread(interval)).await;
     }
 }

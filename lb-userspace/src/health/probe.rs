@@ -1,4 +1,5 @@
-//! One probe of one backend: a TCP connect, or an HTTP `GET` and a look at its answer.
+//! One probe of one backend: a TCP connect, an HTTP `GET` and a look at its answer, or a
+//! role check (in [`super::db`]).
 //!
 //! Everything a probe does, from `connect` to the last byte of the body, runs under the
 //! check's single timeout, and every way a backend can misbehave (refuse, reset, answer
@@ -17,6 +18,7 @@ use tokio::{
     net::TcpStream,
 };
 
+use super::db::{self, RoleReport};
 use crate::config::{CheckKind, HttpCheck};
 
 /// Status line and headers longer than this are not a health-check answer.
@@ -31,8 +33,11 @@ const MAX_BODY: usize = HttpCheck::BODY_LIMIT;
 pub struct ProbeSuccess {
     /// From the start of `connect` to the end of the answer.
     pub latency: Duration,
-    /// `"connected"` (TCP) or `"HTTP 200"`.
+    /// `"connected"` (TCP), `"HTTP 200"`, or what a role check found
+    /// (`"replica: 0.2s behind"`).
     pub detail: String,
+    /// What a role check found; `None` for other checks.
+    pub role: Option<RoleReport>,
 }
 
 /// A probe that failed.
@@ -66,9 +71,10 @@ pub async fn probe(
     let outcome = tokio::time::timeout(timeout, exchange(target, kind, &mut phase)).await;
     let elapsed = start.elapsed();
     match outcome {
-        Ok(Ok(detail)) => Ok(ProbeSuccess {
+        Ok(Ok((detail, role))) => Ok(ProbeSuccess {
             latency: elapsed,
             detail,
+            role,
         }),
         Ok(Err(reason)) => Err(ProbeFailure { elapsed, reason }),
         Err(_) => Err(ProbeFailure {
@@ -81,11 +87,15 @@ pub async fn probe(
 
 /// How far a probe got.
 #[derive(Debug, Clone, Copy)]
-enum Phase {
+pub(super) enum Phase {
     Connecting,
     AwaitingResponse,
     ReadingHeaders,
     ReadingBody,
+    /// A database check: from the server's greeting to the end of the login.
+    LoggingIn,
+    /// A database check: the role queries.
+    Querying,
 }
 
 impl Phase {
@@ -95,21 +105,39 @@ impl Phase {
             Phase::AwaitingResponse => "waiting for the response",
             Phase::ReadingHeaders => "reading the response headers",
             Phase::ReadingBody => "reading the response body",
+            Phase::LoggingIn => "logging in",
+            Phase::Querying => "waiting for the answer to the role query",
         }
     }
 }
 
-/// The probe without its timeout: `Ok(detail)` or `Err(reason)`.
+/// The probe without its timeout: `Ok((detail, role))` or `Err(reason)`.
 async fn exchange(
     target: SocketAddrV4,
     kind: &CheckKind,
     phase: &mut Phase,
-) -> Result<String, String> {
+) -> Result<(String, Option<RoleReport>), String> {
     let http = match kind {
-        CheckKind::None => return Ok("not checked".to_owned()),
+        CheckKind::None => return Ok(("not checked".to_owned(), None)),
         CheckKind::Tcp => None,
         CheckKind::Http(http) => Some(http),
+        CheckKind::Postgres(_)
+        | CheckKind::Mysql(_)
+        | CheckKind::Galera(_)
+        | CheckKind::HttpRole(_) => {
+            let (detail, role) = db::exchange(target, kind, phase).await?;
+            return Ok((detail, Some(role)));
+        }
     };
+    let stream = connect(target).await?;
+    match http {
+        None => Ok(("connected".to_owned(), None)),
+        Some(http) => Ok((http_exchange(stream, target, http, phase).await?, None)),
+    }
+}
+
+/// A TCP connection to `target` for one probe.
+async fn connect(target: SocketAddrV4) -> Result<TcpStream, String> {
     let stream = TcpStream::connect(target)
         .await
         .map_err(|err| io_reason(&err))?;
@@ -118,24 +146,57 @@ async fn exchange(
     // a busy ephemeral port) for every probe of the last minute. Without it the probe still
     // works, so a failure to set it is no reason to fail the probe.
     let _ = stream.set_zero_linger();
-    match http {
-        None => Ok("connected".to_owned()),
-        Some(http) => http_exchange(stream, target, http, phase).await,
-    }
+    Ok(stream)
+}
+
+/// `GET path` on a new connection to `target`: the final response's status, for role
+/// checks that read nothing else (the body is not read).
+pub(super) async fn http_status(
+    target: SocketAddrV4,
+    path: &str,
+    phase: &mut Phase,
+) -> Result<u16, String> {
+    *phase = Phase::Connecting;
+    let stream = connect(target).await?;
+    let (_, head) = request_head(stream, target, path, None, phase).await?;
+    Ok(head.status)
 }
 
 /// Sends the check's request and judges the response.
 async fn http_exchange(
-    mut stream: TcpStream,
+    stream: TcpStream,
     target: SocketAddrV4,
     http: &HttpCheck,
     phase: &mut Phase,
 ) -> Result<String, String> {
-    let host = http.host.clone().unwrap_or_else(|| target.to_string());
+    let (mut conn, head) =
+        request_head(stream, target, &http.path, http.host.as_deref(), phase).await?;
+    if !http.status_passes(head.status) {
+        return Err(format!("HTTP status {}", head.status));
+    }
+    *phase = Phase::ReadingBody;
+    let body = read_body(&mut conn, head.framing).await?;
+    if let Some(expected) = &http.expect_body
+        && !contains(&body, expected.as_bytes())
+    {
+        return Err(format!("body does not contain {expected:?}"));
+    }
+    Ok(format!("HTTP {}", head.status))
+}
+
+/// Sends `GET path` and reads the final response's head.
+async fn request_head(
+    mut stream: TcpStream,
+    target: SocketAddrV4,
+    path: &str,
+    host: Option<&str>,
+    phase: &mut Phase,
+) -> Result<(Conn, Head), String> {
+    let target = target.to_string();
+    let host = host.unwrap_or(&target);
     // One buffer, one write: some embedded servers read the request with a single read.
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gerbang-check\r\nConnection: close\r\n\r\n",
-        http.path
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gerbang-check\r\nConnection: close\r\n\r\n"
     );
     *phase = Phase::AwaitingResponse;
     stream
@@ -149,17 +210,7 @@ async fn http_exchange(
         start: 0,
     };
     let head = read_head(&mut conn, phase).await?;
-    if !http.status_passes(head.status) {
-        return Err(format!("HTTP status {}", head.status));
-    }
-    *phase = Phase::ReadingBody;
-    let body = read_body(&mut conn, head.framing).await?;
-    if let Some(expected) = &http.expect_body
-        && !contains(&body, expected.as_bytes())
-    {
-        return Err(format!("body does not contain {expected:?}"));
-    }
-    Ok(format!("HTTP {}", head.status))
+    Ok((conn, head))
 }
 
 /// The response read so far, and what of it has been parsed.
@@ -443,7 +494,7 @@ fn not_http(received: &[u8]) -> String {
 }
 
 /// A socket error as an operator says it.
-fn io_reason(err: &io::Error) -> String {
+pub(super) fn io_reason(err: &io::Error) -> String {
     use io::ErrorKind;
     let reason = match err.kind() {
         ErrorKind::ConnectionRefused => "connection refused",

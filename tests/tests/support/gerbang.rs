@@ -2,6 +2,7 @@
 //! the real binary under `ip netns exec`.
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU32, Ordering},
@@ -31,6 +32,8 @@ enum Request {
 pub struct InProcess {
     requests: mpsc::UnboundedSender<Request>,
     thread: Option<NsThread<Result<()>>>,
+    /// Where its status page and metrics listen, in its namespace.
+    http: Option<SocketAddr>,
 }
 
 impl InProcess {
@@ -58,7 +61,7 @@ impl InProcess {
             runtime.block_on(async move {
                 let controller = match Controller::start(config, path.as_deref()).await {
                     Ok(controller) => {
-                        let _ = ready_tx.send(Ok(()));
+                        let _ = ready_tx.send(Ok(controller.http_address()));
                         controller
                     }
                     Err(err) => {
@@ -91,12 +94,13 @@ impl InProcess {
                 controller.stop(mode).await
             })
         })?;
-        ready_rx
+        let http = ready_rx
             .recv_timeout(Duration::from_secs(20))
             .context("gerbang did not start within 20 s")??;
         Ok(InProcess {
             requests,
             thread: Some(thread),
+            http,
         })
     }
 
@@ -106,6 +110,11 @@ impl InProcess {
             .send(make(reply))
             .expect("controller thread alive");
         answer.blocking_recv().expect("controller answered")
+    }
+
+    /// Where the status page and metrics listen (inside the namespace), unless disabled.
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http
     }
 
     pub fn traffic(&self) -> TrafficReport {
@@ -155,9 +164,11 @@ const TEST_BPFFS: &str = "/run/gerbang-test-bpf";
 
 static NEXT_ISOLATION: AtomicU32 = AtomicU32::new(0);
 
-/// `config` with a pin directory and a control socket of its own, so tests running at the
-/// same time never share them. Both go under directories that are removed with the
-/// namespace-free state of the test (pins are removed by a detaching stop).
+/// `config` with a pin directory, a control socket and an HTTP port of its own, so tests
+/// running at the same time never share them. Both paths go under directories that are
+/// removed with the namespace-free state of the test (pins are removed by a detaching
+/// stop); the HTTP port is any free one ([`InProcess::http_address`]), unless `config` has
+/// its own `[http]`.
 pub fn isolate(config: &str) -> String {
     let dir = test_dir();
     let pin = Path::new(TEST_BPFFS).join(dir.file_name().unwrap());
@@ -167,7 +178,15 @@ pub fn isolate(config: &str) -> String {
         &format!("[dataplane]\npin_path = \"{}\"\n", pin.display()),
         1,
     );
-    format!("{config}\n[control]\nsocket = \"{}\"\n", socket.display())
+    let http = if config.contains("[http]") {
+        ""
+    } else {
+        "\n[http]\nlisten = \"127.0.0.1:0\"\n"
+    };
+    format!(
+        "{config}\n[control]\nsocket = \"{}\"\n{http}",
+        socket.display()
+    )
 }
 
 /// A directory unique to this call under /run.

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod db;
 pub mod frames;
 pub mod gerbang;
 pub mod proxy;

@@ -201,6 +201,10 @@ pub const CHILD_CONFIG_ENV: &str = "GERBANG_PROXY_CHILD_CONFIG";
 /// Environment variable choosing the child's relay mode: `copy`, `splice`, else auto.
 pub const CHILD_RELAY_ENV: &str = "GERBANG_PROXY_CHILD_RELAY";
 
+/// Environment variable that makes the child run on a current-thread runtime (`1`)
+/// rather than a multi-thread one.
+pub const CHILD_SINGLE_THREAD_ENV: &str = "GERBANG_PROXY_CHILD_SINGLE_THREAD";
+
 /// The proxy in a process of its own: this test binary re-run with [`CHILD_CONFIG_ENV`]
 /// set, so its resident memory is the proxy's (plus the test harness's).
 pub struct ProxyProcess {
@@ -209,12 +213,14 @@ pub struct ProxyProcess {
 
 impl ProxyProcess {
     /// Starts this test binary as a proxy for `config` in `ns`, running only the test
-    /// named `child_test` (which must call [`child_main`]).
+    /// named `child_test` (which must call [`child_main`]), on one thread or on a
+    /// multi-thread runtime (as the binary runs it).
     pub fn start(
         ns: &Netns,
         config_path: &Path,
         child_test: &str,
         relay: RelayMode,
+        single_thread: bool,
     ) -> Result<Self> {
         let exe = std::env::current_exe()?;
         let relay = match relay {
@@ -231,7 +237,11 @@ impl ProxyProcess {
                 "--test-threads=1",
             ])
             .env(CHILD_CONFIG_ENV, config_path)
-            .env(CHILD_RELAY_ENV, relay);
+            .env(CHILD_RELAY_ENV, relay)
+            .env(
+                CHILD_SINGLE_THREAD_ENV,
+                if single_thread { "1" } else { "0" },
+            );
         Ok(Self {
             child: ns.spawn(&cmd)?,
         })
@@ -258,8 +268,7 @@ impl ProxyProcess {
 }
 
 /// The body of the child test: when [`CHILD_CONFIG_ENV`] is set, runs the proxy for that
-/// config with every backend healthy, on a multi-thread runtime as the binary does, until
-/// killed.
+/// config with every backend healthy until killed.
 pub fn child_main() {
     let Some(path) = std::env::var_os(CHILD_CONFIG_ENV) else {
         return;
@@ -274,10 +283,14 @@ pub fn child_main() {
         relay,
         ..ProxyOptions::default()
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = if std::env::var(CHILD_SINGLE_THREAD_ENV).as_deref() == Ok("1") {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+    .enable_all()
+    .build()
+    .expect("runtime");
     runtime.block_on(async move {
         let mut proxy = ProxyDataplane::start_with(&config, &options)
             .await

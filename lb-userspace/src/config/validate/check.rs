@@ -3,14 +3,18 @@
 //! service's over the defaults. Defaults that follow another key (`fast_interval`,
 //! `down_interval` and `timeout` follow `interval`) follow the merged value, as HAProxy's
 //! `fastinter` follows `inter`.
+//!
+//! Database role checks take credentials; a password given by `password_env` or
+//! `password_file` is read here, when the file is loaded, so that a missing variable or an
+//! unreadable file is reported with the rest, and never shown in a problem.
 
-use std::{net::Ipv4Addr, ops::RangeInclusive, time::Duration};
+use std::{env, fs, io, net::Ipv4Addr, ops::RangeInclusive, path::Path, time::Duration};
 
 use toml::{Spanned, Value};
 
 use super::{Checked, Checker, describe};
 use crate::config::{
-    CheckConfig, CheckKind, HttpCheck, Protocol,
+    CheckConfig, CheckKind, DbCheck, HttpCheck, HttpRoleCheck, Protocol, Secret,
     raw::{Leaf, RawCheck, Table},
 };
 
@@ -21,6 +25,10 @@ const MAX_HTTP_PATH_LEN: usize = 1024;
 const MAX_HOST_LEN: usize = 255;
 const MAX_EXPECT_BODY_LEN: usize = 1024;
 const STATUSES: RangeInclusive<u32> = 100..=599;
+/// Of a database user or database name (PostgreSQL allows 63 bytes, MySQL 64 characters).
+const MAX_USER_LEN: usize = 128;
+const MAX_DATABASE_LEN: usize = 64;
+const MAX_PASSWORD_LEN: usize = 1024;
 const STATUS_RULE: &str = "expected statuses or ranges of them separated by commas, each from \
                            100 to 599, such as \"200-399\" (the default), \"200\" or \
                            \"200,204,301-302\"";
@@ -33,16 +41,65 @@ enum CheckType {
     #[default]
     Tcp,
     Http,
+    Postgres,
+    Mysql,
+    Galera,
+    HttpRole,
 }
 
 impl CheckType {
-    const ALL: [Self; 3] = [Self::Tcp, Self::Http, Self::None];
+    const ALL: [Self; 7] = [
+        Self::Tcp,
+        Self::Http,
+        Self::None,
+        Self::Postgres,
+        Self::Mysql,
+        Self::Galera,
+        Self::HttpRole,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
             Self::None => "none",
             Self::Tcp => "tcp",
             Self::Http => "http",
+            Self::Postgres => "postgres",
+            Self::Mysql => "mysql",
+            Self::Galera => "galera",
+            Self::HttpRole => "http-role",
+        }
+    }
+}
+
+/// Keys that only some check types take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyGroup {
+    Http,
+    Db,
+    HttpRole,
+}
+
+impl KeyGroup {
+    fn takes(self, kind: CheckType) -> bool {
+        match self {
+            Self::Http => kind == CheckType::Http,
+            Self::Db => matches!(
+                kind,
+                CheckType::Postgres | CheckType::Mysql | CheckType::Galera
+            ),
+            Self::HttpRole => kind == CheckType::HttpRole,
+        }
+    }
+
+    /// The types that take the group's keys, and how to choose one.
+    fn types(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Http => ("http", "set type = \"http\""),
+            Self::Db => (
+                "postgres, mysql and galera",
+                "set type = \"postgres\", \"mysql\" or \"galera\"",
+            ),
+            Self::HttpRole => ("http-role", "set type = \"http-role\""),
         }
     }
 }
@@ -71,12 +128,27 @@ pub(super) struct CheckLayer {
     host: Option<Checked<String>>,
     expect_status: Option<Checked<Vec<(u16, u16)>>>,
     expect_body: Option<Checked<String>>,
+    user: Option<Checked<String>>,
+    /// Whichever of `password`, `password_env` and `password_file` the layer sets.
+    password: Option<Checked<Secret>>,
+    database: Option<Checked<String>>,
+    primary_path: Option<Checked<String>>,
+    replica_path: Option<Checked<String>>,
+}
+
+/// What a backend's check depends on besides its layers: the service's protocol and
+/// `max_lag` (which database checks judge replicas by).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CheckContext {
+    pub protocol: Protocol,
+    pub max_lag: Duration,
 }
 
 /// Merges `layers`, the first that sets a key winning, over the defaults. Without a `type`,
 /// a TCP service is checked with a TCP connect and a UDP service not at all (a TCP probe of
 /// a UDP port would only ever fail).
-pub(super) fn resolve(layers: &[&CheckLayer], protocol: Protocol) -> Checked<CheckConfig> {
+pub(super) fn resolve(layers: &[&CheckLayer], context: CheckContext) -> Checked<CheckConfig> {
+    let CheckContext { protocol, max_lag } = context;
     fn key<T: Clone>(
         layers: &[&CheckLayer],
         get: fn(&CheckLayer) -> &Option<Checked<T>>,
@@ -104,6 +176,32 @@ pub(super) fn resolve(layers: &[&CheckLayer], protocol: Protocol) -> Checked<Che
                 expect_status: key(layers, |layer| &layer.expect_status)?
                     .unwrap_or(default.expect_status),
                 expect_body: key(layers, |layer| &layer.expect_body)?,
+            })
+        }
+        CheckType::Postgres | CheckType::Mysql | CheckType::Galera => {
+            let database = key(layers, |layer| &layer.database)?.or_else(|| {
+                (kind == CheckType::Postgres).then(|| DbCheck::DEFAULT_POSTGRES_DATABASE.to_owned())
+            });
+            let db = DbCheck {
+                user: key(layers, |layer| &layer.user)?
+                    .unwrap_or_else(|| DbCheck::DEFAULT_USER.to_owned()),
+                password: key(layers, |layer| &layer.password)?,
+                database,
+                max_lag,
+            };
+            match kind {
+                CheckType::Postgres => CheckKind::Postgres(db),
+                CheckType::Mysql => CheckKind::Mysql(db),
+                _ => CheckKind::Galera(db),
+            }
+        }
+        CheckType::HttpRole => {
+            let default = HttpRoleCheck::default();
+            CheckKind::HttpRole(HttpRoleCheck {
+                primary_path: key(layers, |layer| &layer.primary_path)?
+                    .unwrap_or(default.primary_path),
+                replica_path: key(layers, |layer| &layer.replica_path)?
+                    .unwrap_or(default.replica_path),
             })
         }
     };
@@ -149,23 +247,29 @@ impl Checker<'_> {
                 line: self.line(&value.span()),
             })
         });
-        // HTTP keys are checked only where the check is an HTTP one; elsewhere they are
-        // reported as out of place, once, whatever their value.
-        let http = match (&kind, inherited.and_then(|layer| layer.kind.as_ref())) {
-            (Some(Err(_)), _) | (None, Some(Err(_))) => false,
-            (Some(Ok(set)), _) => {
-                let source = format!("set on line {}", set.line);
-                self.http_keys_need_http(raw, &path, set.kind, &source)
-            }
+        // Keys of some types only (HTTP, database, http-role) are checked only where the
+        // check is of such a type; elsewhere they are reported as out of place, once,
+        // whatever their value.
+        let judged = match (&kind, inherited.and_then(|layer| layer.kind.as_ref())) {
+            (Some(Err(_)), _) | (None, Some(Err(_))) => None,
+            (Some(Ok(set)), _) => Some((set.kind, format!("set on line {}", set.line))),
             (None, Some(Ok(set))) => {
-                let source = format!("from {} on line {}", set.field, set.line);
-                self.http_keys_need_http(raw, &path, set.kind, &source)
+                Some((set.kind, format!("from {} on line {}", set.field, set.line)))
             }
-            (None, None) => {
-                self.http_keys_need_http(raw, &path, CheckType::default(), "the default")
-            }
+            (None, None) => Some((CheckType::default(), "the default".to_owned())),
         };
+        if let Some((kind, source)) = &judged {
+            self.misplaced_keys(raw, &path, *kind, source);
+        }
+        let takes = |group: KeyGroup| judged.as_ref().is_some_and(|(kind, _)| group.takes(*kind));
+        let (http, db, http_role) = (
+            takes(KeyGroup::Http),
+            takes(KeyGroup::Db),
+            takes(KeyGroup::HttpRole),
+        );
         let http_key = |leaf: &'r Leaf| leaf.as_ref().filter(|_| http);
+        let db_key = |leaf: &'r Leaf| leaf.as_ref().filter(|_| db);
+        let http_role_key = |leaf: &'r Leaf| leaf.as_ref().filter(|_| http_role);
 
         CheckLayer {
             kind,
@@ -206,36 +310,118 @@ impl Checker<'_> {
                 .map(|v| self.expect_status(v, &field("expect_status"))),
             expect_body: http_key(&raw.expect_body)
                 .map(|v| self.expect_body(v, &field("expect_body"))),
+            user: db_key(&raw.user).map(|v| {
+                self.db_name(
+                    v,
+                    &field("user"),
+                    "a user such as \"gerbang\"",
+                    MAX_USER_LEN,
+                )
+            }),
+            password: if db { self.password(raw, &path) } else { None },
+            database: db_key(&raw.database).map(|v| {
+                let what = "a database name such as \"postgres\"";
+                self.db_name(v, &field("database"), what, MAX_DATABASE_LEN)
+            }),
+            primary_path: http_role_key(&raw.primary_path)
+                .map(|v| self.http_path(v, &field("primary_path"))),
+            replica_path: http_role_key(&raw.replica_path)
+                .map(|v| self.http_path(v, &field("replica_path"))),
         }
     }
 
-    /// Reports every HTTP-only key of `raw` if `kind` is not http; returns whether it is.
-    fn http_keys_need_http(
-        &mut self,
-        raw: &RawCheck,
-        path: &str,
-        kind: CheckType,
-        source: &str,
-    ) -> bool {
-        if kind == CheckType::Http {
-            return true;
-        }
-        for (key, leaf) in [
-            ("path", &raw.path),
-            ("host", &raw.host),
-            ("expect_status", &raw.expect_status),
-            ("expect_body", &raw.expect_body),
+    /// Reports every key of `raw` that a check of type `kind` does not take.
+    fn misplaced_keys(&mut self, raw: &RawCheck, path: &str, kind: CheckType, source: &str) {
+        for (key, leaf, group) in [
+            ("path", &raw.path, KeyGroup::Http),
+            ("host", &raw.host, KeyGroup::Http),
+            ("expect_status", &raw.expect_status, KeyGroup::Http),
+            ("expect_body", &raw.expect_body, KeyGroup::Http),
+            ("user", &raw.user, KeyGroup::Db),
+            ("password", &raw.password, KeyGroup::Db),
+            ("password_env", &raw.password_env, KeyGroup::Db),
+            ("password_file", &raw.password_file, KeyGroup::Db),
+            ("database", &raw.database, KeyGroup::Db),
+            ("primary_path", &raw.primary_path, KeyGroup::HttpRole),
+            ("replica_path", &raw.replica_path, KeyGroup::HttpRole),
         ] {
-            if let Some(value) = leaf {
+            if let Some(value) = leaf
+                && !group.takes(kind)
+            {
+                let (types, choose) = group.types();
                 let message = format!(
-                    "{key} applies to http checks only, and this check's type is {:?} \
-                     ({source}): set type = \"http\", or remove {key}",
+                    "{key} applies to {types} checks only, and this check's type is {:?} \
+                     ({source}): {choose}, or remove {key}",
                     kind.as_str()
                 );
                 self.report(Some(value.span()), &format!("{path}.{key}"), message);
             }
         }
-        false
+    }
+
+    /// A database user or database name.
+    fn db_name(
+        &mut self,
+        value: &Spanned<Value>,
+        field: &str,
+        what: &str,
+        max_len: usize,
+    ) -> Checked<String> {
+        let text = self.string(value, field, what)?;
+        let problem = if text.is_empty() {
+            format!("empty: give {what}")
+        } else if text.len() > max_len {
+            format!("{} bytes long: at most {max_len}", text.len())
+        } else if let Some(c) = text.chars().find(|c| c.is_control()) {
+            format!("{text:?} contains {c:?}: control characters are not allowed")
+        } else {
+            return Ok(text.to_owned());
+        };
+        Err(self.report(Some(value.span()), field, problem))
+    }
+
+    /// The password a layer sets, from whichever of its three sources it uses. Problems
+    /// never quote the password.
+    fn password(&mut self, raw: &RawCheck, path: &str) -> Option<Checked<Secret>> {
+        let sources = [
+            ("password", &raw.password),
+            ("password_env", &raw.password_env),
+            ("password_file", &raw.password_file),
+        ];
+        let mut set = sources
+            .into_iter()
+            .filter_map(|(key, leaf)| Some((key, leaf.as_ref()?)));
+        let (key, value) = set.next()?;
+        let mut reported = None;
+        for (other, again) in set {
+            let message = format!(
+                "{key} is set on line {} already: password, password_env and password_file \
+                 are alternatives, keep one",
+                self.line(&value.span())
+            );
+            reported = Some(self.report(Some(again.span()), &format!("{path}.{other}"), message));
+        }
+        if let Some(reported) = reported {
+            return Some(Err(reported));
+        }
+        let field = format!("{path}.{key}");
+        let text = match key {
+            "password" => self.string(value, &field, "the password, as a string"),
+            "password_env" => self.string(value, &field, "an environment variable's name"),
+            _ => self.string(value, &field, "the absolute path of a file"),
+        };
+        let result = text.and_then(|text| {
+            let secret = match key {
+                "password" => Ok(text.to_owned()),
+                "password_env" => password_from_env(text),
+                _ => password_from_file(text),
+            };
+            secret
+                .and_then(check_password)
+                .map(Secret::new)
+                .map_err(|message| self.report(Some(value.span()), &field, message))
+        });
+        Some(result)
     }
 
     fn http_path(&mut self, value: &Spanned<Value>, field: &str) -> Checked<String> {
@@ -297,6 +483,69 @@ impl Checker<'_> {
             return Ok(text.to_owned());
         };
         Err(self.report(Some(value.span()), field, problem))
+    }
+}
+
+/// The value of the environment variable `name`.
+fn password_from_env(name: &str) -> Result<String, String> {
+    if name.is_empty() || name.contains(['=', '\0']) {
+        return Err(format!(
+            "invalid variable name {name:?}: give the name of an environment variable, such as \
+             \"GERBANG_DB_PASSWORD\""
+        ));
+    }
+    match env::var(name) {
+        Ok(value) => Ok(value),
+        Err(env::VarError::NotPresent) => Err(format!(
+            "environment variable {name} is not set: gerbang reads it when it loads this file \
+             (at start and on reload)"
+        )),
+        Err(env::VarError::NotUnicode(_)) => {
+            Err(format!("environment variable {name} is not UTF-8 text"))
+        }
+    }
+}
+
+/// The contents of the file at `path`, less one trailing newline.
+fn password_from_file(path: &str) -> Result<String, String> {
+    if !path.starts_with('/') {
+        return Err(format!(
+            "{path:?} is not an absolute path: give one such as \"/etc/gerbang/db.password\""
+        ));
+    }
+    let bytes = fs::read(Path::new(path)).map_err(|error| {
+        let reason = match error.kind() {
+            io::ErrorKind::NotFound => "no such file".to_owned(),
+            io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+            _ => error.to_string(),
+        };
+        format!("cannot read {path}: {reason}")
+    })?;
+    let mut text =
+        String::from_utf8(bytes).map_err(|_| format!("{path} does not hold UTF-8 text"))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        return Err(format!("{path} is empty: put the password in it"));
+    }
+    Ok(text)
+}
+
+fn check_password(password: String) -> Result<String, String> {
+    if password.is_empty() {
+        Err("empty: give the password, or remove the key to log in without one".to_owned())
+    } else if password.len() > MAX_PASSWORD_LEN {
+        Err(format!(
+            "the password is longer than {MAX_PASSWORD_LEN} bytes"
+        ))
+    } else if password.contains('\0') {
+        Err("the password contains a NUL character, which no login can send".to_owned())
+    } else {
+        Ok(password)
     }
 }
 

@@ -47,7 +47,12 @@ pub(super) fn udp_socket(addr: SocketAddrV4, vip: bool) -> io::Result<std::net::
 /// connections to different backends may share one).
 pub(super) async fn connect(snat: Ipv4Addr, backend: SocketAddrV4) -> io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
-    setsockopt(&socket, sockopt::IpBindAddressNoPort, &true)?;
+    // Only an optimisation (the port is chosen for the 4-tuple, so one source port can
+    // serve many backends); where it is unknown, as under qemu-user, bind as usual.
+    match setsockopt(&socket, sockopt::IpBindAddressNoPort, &true) {
+        Ok(()) | Err(nix::errno::Errno::ENOPROTOOPT) => {}
+        Err(err) => return Err(err.into()),
+    }
     socket.bind(SocketAddrV4::new(snat, 0).into())?;
     let stream = socket.connect(backend.into()).await?;
     stream.set_nodelay(true)?;

@@ -33,6 +33,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after `accept` fails for lack of descriptors or memory, so the loop does not
 /// spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How often running out of descriptors or memory is logged while it lasts.
+const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Accepts connections until `stop` changes (or its sender is gone). Dropping the task
 /// set on the way out closes every connection the service still has.
@@ -85,9 +87,6 @@ fn admit(service: &Service) -> Option<Pick> {
     }
     pick
 }
-
-/// How often running out of descriptors or memory is logged while it lasts.
-const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 async fn accept_failed(service: &Service, err: &io::Error, last_warning: &mut Option<Instant>) {
     match err.raw_os_error() {
@@ -142,26 +141,25 @@ async fn connection(
         &mut cut,
     )
     .await;
-    match ending {
-        Ending::Closed => {}
-        Ending::Failed(err) => {
-            debug!(service = %service.name, backend = %backend.name, client = %peer, "connection failed: {err}");
-            socket::reset(client);
-            socket::reset(backend_stream);
-        }
-        Ending::Idle => {
-            debug!(service = %service.name, backend = %backend.name, client = %peer, "connection idle, closing");
-            socket::reset(client);
-            socket::reset(backend_stream);
-        }
+    let reason = match ending {
+        // Both FINs passed on: the sockets close normally.
+        Ending::Closed => return,
+        Ending::Failed(err) => format!("failed ({err})"),
+        Ending::Idle => format!("idle for {:?}", settings.tcp_idle),
         Ending::Cut => {
-            debug!(service = %service.name, backend = %backend.name, client = %peer, "backend down, cutting its connection");
             service.counters.dropped();
             backend.counters.dropped();
-            socket::reset(client);
-            socket::reset(backend_stream);
+            "cut, its backend is down".to_string()
         }
-    }
+    };
+    debug!(
+        service = %service.name,
+        backend = %backend.name,
+        client = %peer,
+        "connection {reason}: resetting both sides"
+    );
+    socket::reset(client);
+    socket::reset(backend_stream);
 }
 
 /// Connects to the picked backend, and if that fails, once to another one (HAProxy's
@@ -188,15 +186,16 @@ async fn connect_backend(
             pick = service.pick_other(&pick.backend)?;
         }
         let cut = pick.backend.cut_signal();
-        match timeout(CONNECT_TIMEOUT, open(&pick, header.as_ref())).await {
+        let failure = match timeout(CONNECT_TIMEOUT, open(&pick, header.as_ref())).await {
             Ok(Ok(stream)) => return Some((stream, pick, cut)),
-            Ok(Err(err)) => {
-                debug!(service = %service.name, backend = %pick.backend.name, "connecting: {err}");
-            }
-            Err(_) => {
-                debug!(service = %service.name, backend = %pick.backend.name, "connecting: no answer within {CONNECT_TIMEOUT:?}");
-            }
-        }
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => format!("no answer within {CONNECT_TIMEOUT:?}"),
+        };
+        debug!(
+            service = %service.name,
+            backend = %pick.backend.name,
+            "connecting: {failure}"
+        );
         pick.backend.counters.dropped();
     }
     None

@@ -42,7 +42,8 @@ thread_local! {
     /// Where reply tasks receive backends' datagrams: one buffer per runtime thread rather
     /// than one per session. A datagram is received and sent on without an `.await`
     /// between, so the buffer is never held across a task switch.
-    static REPLY_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_DATAGRAM].into_boxed_slice());
+    static REPLY_BUFFER: RefCell<Box<[u8]>> =
+        RefCell::new(vec![0; MAX_DATAGRAM].into_boxed_slice());
 }
 
 /// Receives client datagrams on the VIP until `stop` changes (or its sender is gone).
@@ -124,7 +125,11 @@ impl Listener {
             Err(err) => {
                 // A full socket buffer, or an ICMP error left by an earlier datagram:
                 // UDP may lose this one, the session stays.
-                debug!(service = %self.service.name, backend = %session.backend.name, "sending: {err}");
+                debug!(
+                    service = %self.service.name,
+                    backend = %session.backend.name,
+                    "sending: {err}"
+                );
                 self.service.counters.dropped();
                 session.backend.counters.dropped();
             }
@@ -147,7 +152,11 @@ impl Listener {
         let upstream = match upstream {
             Ok(upstream) => upstream,
             Err(err) => {
-                debug!(service = %self.service.name, backend = %backend.name, "opening a session: {err}");
+                debug!(
+                    service = %self.service.name,
+                    backend = %backend.name,
+                    "opening a session: {err}"
+                );
                 backend.counters.dropped();
                 return false;
             }
@@ -222,7 +231,11 @@ async fn replies(
                     // An ICMP error (the backend's port is closed): the session stays, as
                     // the backend may come back.
                     Err(err) => {
-                        debug!(service = %service.name, backend = %backend.name, "receiving: {err}");
+                        debug!(
+                            service = %service.name,
+                            backend = %backend.name,
+                            "receiving: {err}"
+                        );
                         continue;
                     }
                 };

@@ -383,9 +383,9 @@ fn kernel_refused(err: &(dyn std::error::Error + 'static)) -> anyhow::Error {
     anyhow!(
         "this kernel could not load gerbang's XDP program: {err}. The XDP data plane needs \
          Linux 5.16 or newer built with BPF and XDP support (CONFIG_BPF_SYSCALL, \
-         CONFIG_BPF_JIT; see `zcat /proc/config.gz | grep BPF`). Kernels without XDP, such \
-         as 32-bit Raspberry Pi kernels, are meant for gerbang's userspace proxy mode, which \
-         is planned but not available in this version"
+         CONFIG_BPF_JIT; see `zcat /proc/config.gz | grep BPF`). On kernels without XDP, such \
+         as 32-bit Raspberry Pi kernels, set dataplane.mode = \"userspace\" (or \"auto\") \
+         and gerbang runs as a userspace proxy"
     )
 }
 

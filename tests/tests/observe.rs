@@ -1,0 +1,588 @@
+//! What gerbang shows of itself, judged by peers nobody here wrote: `/metrics` parsed by the
+//! reference OpenMetrics parser (Python's prometheus_client) while real traffic flows and a
+//! backend fails, the status page as headless Chromium renders it, `gerbang status` from
+//! the binary, the Grafana dashboard against a real scrape, and no secret in any of them.
+//!
+//! gerbang runs in-process in the balancer's namespace; its HTTP endpoint listens on
+//! loopback there, so every client (curl, Chromium) runs inside that namespace too.
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write as _,
+    net::{SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use gerbang::observe::StatusView;
+use gerbang_testbed::{HttpBackend, TwoArm, curl, http_get_many};
+use support::{
+    gerbang::{InProcess, binary, wait_until},
+    tempdir::TempDir,
+};
+
+const HTTP: u16 = 8080;
+/// The VRRP password (v2, 8 characters at most): it must never be shown.
+const PASSWORD: &str = "s3cr3tPw";
+const VRRP_VIP: &str = "10.200.1.100/24";
+const REQUESTS: usize = 10;
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Two backends with fast HTTP checks, and a VRRP instance that owns its address (priority
+/// 255: master at once) with a password.
+fn config(t: &TwoArm) -> String {
+    let mut text = format!(
+        "[dataplane]\ninterfaces = [\"{}\", \"{}\"]\nattach = \"native\"\nsnat_address = \"{}\"\n\
+         flow_table_size = 4096\n\n\
+         [[service]]\nname = \"web\"\nlisten = \"{}:80\"\n\
+         [service.check]\ntype = \"http\"\ninterval = \"200ms\"\nfall = 2\nrise = 2\n",
+        t.lb_client_if, t.lb_backend_if, t.snat, t.vip
+    );
+    for (i, b) in t.backends.iter().enumerate() {
+        text += &format!(
+            "  [[service.backend]]\n  name = \"b{i}\"\n  address = \"{}:{HTTP}\"\n",
+            b.addr
+        );
+    }
+    text += &format!(
+        "\n[[vrrp]]\nname = \"VI_obs\"\ninterface = \"{}\"\nvirtual_router_id = 77\n\
+         priority = 255\nversion = 2\nauth_password = \"{PASSWORD}\"\n\
+         virtual_addresses = [\"{VRRP_VIP}\"]\ngarp_count = 1\n",
+        t.lb_client_if
+    );
+    text
+}
+
+/// A topology with HTTP servers on both backends and gerbang in front of them, its VRRP
+/// instance master.
+struct Scenario {
+    gerbang: InProcess,
+    servers: Vec<HttpBackend>,
+    http: SocketAddr,
+    t: TwoArm,
+}
+
+impl Scenario {
+    fn start() -> Scenario {
+        let t = TwoArm::new(2).unwrap();
+        let servers = t
+            .backends
+            .iter()
+            .map(|b| {
+                HttpBackend::start(
+                    &b.ns,
+                    SocketAddrV4::new(b.addr, HTTP),
+                    &format!("b{}", b.index),
+                )
+                .unwrap()
+            })
+            .collect();
+        let gerbang = InProcess::start(&t.lb, &config(&t)).unwrap();
+        let http = gerbang.http_address().expect("[http] is enabled");
+        assert!(http.ip().is_loopback() && http.port() != 0, "{http}");
+        wait_until(WAIT, || {
+            let state = &gerbang.status().vrrp[0].state;
+            (state.as_str() == "MASTER")
+                .then_some(())
+                .ok_or_else(|| anyhow!("VRRP is {state}"))
+        })
+        .unwrap();
+        Scenario {
+            gerbang,
+            servers,
+            http,
+            t,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// GET from inside the balancer's namespace, with curl.
+    fn get(&self, path: &str) -> String {
+        curl(&self.t.lb, &self.url(path)).unwrap()
+    }
+
+    fn scrape(&self) -> Scrape {
+        Scrape::parse(self.get("/metrics")).unwrap()
+    }
+
+    /// Stops backend `i` and waits until /metrics says it is DOWN.
+    fn fail_backend(&mut self, i: usize) -> Scrape {
+        self.servers[i].stop();
+        let name = format!("b{i}");
+        wait_until(WAIT, || {
+            let scrape = self.scrape();
+            let status = scrape.value("gerbang_server_status", &[("backend", &name)]);
+            (status == Some(0.0))
+                .then_some(scrape)
+                .ok_or_else(|| anyhow!("gerbang_server_status of {name} is {status:?}"))
+        })
+        .unwrap()
+    }
+}
+
+/// One scrape as the OpenMetrics parser read it.
+struct Scrape {
+    text: String,
+    /// Family name to type (`counter`, `gauge`, ...).
+    types: BTreeMap<String, String>,
+    samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+/// Parses the exposition on stdin with prometheus_client's OpenMetrics parser, which
+/// rejects anything the format does not allow, and prints families and samples as JSON.
+const PARSER: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+types, samples = {}, []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    types[family.name] = family.type
+    samples += [[s.name, s.labels, s.value] for s in family.samples]
+print(json.dumps({"types": types, "samples": samples}))
+"#;
+
+impl Scrape {
+    fn parse(text: String) -> Result<Scrape> {
+        // Debian's interpreter, where python3-prometheus-client installs; not whatever
+        // python3 comes first in PATH.
+        let mut python = Command::new("/usr/bin/python3")
+            .args(["-c", PARSER])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running /usr/bin/python3 (cargo xtask setup installs it)")?;
+        python.stdin.take().unwrap().write_all(text.as_bytes())?;
+        let output = python.wait_with_output()?;
+        ensure!(
+            output.status.success(),
+            "the OpenMetrics parser refused the exposition: {}\n{text}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let parsed: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let types = serde_json::from_value(parsed["types"].clone())?;
+        let samples = serde_json::from_value(parsed["samples"].clone())?;
+        Ok(Scrape {
+            text,
+            types,
+            samples,
+        })
+    }
+
+    /// The value of the one sample `name` whose labels include `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let matching: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, value)| *value)
+            .collect();
+        match matching.as_slice() {
+            [value] => Some(*value),
+            [] => None,
+            more => panic!("{} samples of {name} {labels:?}: {more:?}", more.len()),
+        }
+    }
+
+    fn names(&self) -> BTreeSet<&str> {
+        self.samples.iter().map(|(n, _, _)| n.as_str()).collect()
+    }
+}
+
+#[test]
+fn metrics_count_the_traffic_and_follow_backend_health() {
+    let mut s = Scenario::start();
+    let vip = SocketAddrV4::new(s.t.vip, 80);
+    for answer in http_get_many(&s.t.client, vip, REQUESTS) {
+        answer.unwrap();
+    }
+
+    let content_type =
+        s.t.lb
+            .exec(
+                "curl",
+                [
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{content_type}",
+                    &s.url("/metrics"),
+                ],
+            )
+            .unwrap();
+    assert!(
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{content_type}"
+    );
+    for (args, expected) in [(&["-X", "POST"][..], "405"), (&["-X", "GET"][..], "404")] {
+        let code =
+            s.t.lb
+                .exec(
+                    "curl",
+                    ["-s", "-o", "/dev/null", "-w", "%{http_code}"]
+                        .iter()
+                        .chain(args)
+                        .chain([&s.url("/nothing-here").as_str()]),
+                )
+                .unwrap();
+        assert_eq!(code, expected, "{args:?}");
+    }
+    let scrape = s.scrape();
+    for (family, kind) in [
+        ("gerbang_build", "info"),
+        ("gerbang_packets", "counter"),
+        ("gerbang_server_status", "gauge"),
+        ("gerbang_server_sessions", "counter"),
+        ("gerbang_map_update_duration_seconds", "histogram"),
+        ("gerbang_vrrp_state", "gauge"),
+    ] {
+        assert_eq!(
+            scrape.types.get(family).map(String::as_str),
+            Some(kind),
+            "{family}"
+        );
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        scrape.value("gerbang_build_info", &[("version", version)]),
+        Some(1.0)
+    );
+
+    // Flows, per service and per backend, are the requests sent: round-robin splits them.
+    let web = [("service", "web")];
+    assert_eq!(
+        scrape.value("gerbang_backend_sessions_total", &web),
+        Some(REQUESTS as f64)
+    );
+    for backend in ["b0", "b1"] {
+        let labels = [("service", "web"), ("backend", backend)];
+        assert_eq!(
+            scrape.value("gerbang_server_sessions_total", &labels),
+            Some((REQUESTS / 2) as f64),
+            "{backend}"
+        );
+        assert_eq!(scrape.value("gerbang_server_status", &labels), Some(1.0));
+        assert_eq!(scrape.value("gerbang_server_weight", &labels), Some(1.0));
+        let l7ok = [labels[0], labels[1], ("state", "L7OK")];
+        assert_eq!(
+            scrape.value("gerbang_server_check_status", &l7ok),
+            Some(1.0)
+        );
+        // A request and its answer: at least a handshake, the request and a FIN each way.
+        let packets = scrape
+            .value("gerbang_server_packets_in_total", &labels)
+            .unwrap();
+        assert!(
+            packets >= 3.0 * (REQUESTS / 2) as f64,
+            "{backend}: {packets}"
+        );
+        assert!(
+            scrape
+                .value("gerbang_server_bytes_out_total", &labels)
+                .unwrap()
+                > 0.0
+        );
+    }
+    assert_eq!(
+        scrape.value("gerbang_backend_active_servers", &web),
+        Some(2.0)
+    );
+    assert_eq!(scrape.value("gerbang_backend_live", &web), Some(1.0));
+    // Every event is exported; the forwarded packets are among them.
+    let events: Vec<&str> = scrape
+        .samples
+        .iter()
+        .filter(|(n, _, _)| n == "gerbang_packets_total")
+        .map(|(_, l, _)| l["event"].as_str())
+        .collect();
+    assert_eq!(events.len(), lb_common::Event::ALL.len(), "{events:?}");
+    let forwarded = scrape
+        .value("gerbang_packets_total", &[("event", "tx")])
+        .unwrap()
+        + scrape
+            .value("gerbang_packets_total", &[("event", "redirect")])
+            .unwrap();
+    assert!(forwarded > 0.0);
+    assert_eq!(scrape.value("gerbang_flow_table_size", &[]), Some(4096.0));
+    assert!(scrape.value("gerbang_map_update_duration_seconds_count", &[]) >= Some(1.0));
+    assert_eq!(
+        scrape.value("gerbang_vrrp_state", &[("ip_address", VRRP_VIP)]),
+        Some(2.0),
+        "MASTER"
+    );
+
+    // b1 stops: its status goes to 0 (DOWN) with HAProxy's L4CON, the service keeps b0.
+    let scrape = s.fail_backend(1);
+    let b1 = [("service", "web"), ("backend", "b1"), ("state", "L4CON")];
+    assert_eq!(scrape.value("gerbang_server_check_status", &b1), Some(1.0));
+    assert!(scrape.value("gerbang_server_check_failures_total", &b1[..2]) >= Some(2.0));
+    assert_eq!(
+        scrape.value("gerbang_backend_active_servers", &web),
+        Some(1.0)
+    );
+    assert_eq!(scrape.value("gerbang_backend_status", &web), Some(1.0));
+
+    assert!(
+        !scrape.text.contains(PASSWORD),
+        "the VRRP password is in /metrics"
+    );
+    dashboard_queries_name_exported_metrics(&scrape);
+    s.gerbang.stop().unwrap();
+}
+
+/// Every metric a PromQL query of the shipped dashboard names is one gerbang exports.
+fn dashboard_queries_name_exported_metrics(scrape: &Scrape) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/grafana/gerbang.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 20, "only {} queries found", exprs.len());
+    let exported = scrape.names();
+    let mut used = BTreeSet::new();
+    for expr in &exprs {
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "no gerbang metric in {expr:?}");
+        for name in names {
+            assert!(
+                exported.contains(name.as_str()),
+                "the dashboard queries {name}, which gerbang does not export: {expr}"
+            );
+            used.insert(name);
+        }
+    }
+    eprintln!(
+        "the dashboard uses {} of {} metrics",
+        used.len(),
+        exported.len()
+    );
+}
+
+fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr", serde_json::Value::String(expr)) => out.push(expr.clone()),
+                    _ => collect_exprs(value, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// The `gerbang_*` identifiers in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("gerbang_") {
+        let starts_word = !rest[..at].ends_with(is_ident);
+        let tail = &rest[at..];
+        let end = tail.find(|c| !is_ident(c)).unwrap_or(tail.len());
+        if starts_word {
+            names.push(tail[..end].to_owned());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn status_page_api_and_cli_show_each_backend_and_no_secret() {
+    let mut s = Scenario::start();
+    s.fail_backend(1);
+
+    let json = s.get("/api/status");
+    let view = StatusView::from_json(&json).unwrap();
+    let states: Vec<(&str, &str)> = view.services[0]
+        .backends
+        .iter()
+        .map(|b| (b.name.as_str(), b.state.as_str()))
+        .collect();
+    assert_eq!(states, [("b0", "active"), ("b1", "down")]);
+    assert_eq!(view.vrrp[0].state, "MASTER");
+    assert_eq!(view.vrrp[0].virtual_addresses, [VRRP_VIP]);
+    let b1 = &view.services[0].backends[1].check;
+    assert_eq!(
+        (b1.status.as_deref(), b1.last_result.as_deref()),
+        (Some("L4CON"), Some("connection refused"))
+    );
+
+    // What a person sees: each backend's row, with its state, after the page's script ran.
+    let dom = chromium(&s, "status-page").unwrap();
+    for (backend, state) in [("b0", "active"), ("b1", "down")] {
+        let row = row_text(&dom, backend).unwrap_or_else(|| panic!("no row for {backend}\n{dom}"));
+        assert!(
+            row.split_whitespace().take(3).any(|w| w == state),
+            "{backend} should show {state}: {row:?}"
+        );
+        assert!(row.starts_with(backend), "{row:?}");
+    }
+    assert!(dom.contains("VI_obs") && dom.contains("MASTER"), "{dom}");
+
+    // `gerbang status` through the control socket: the same, as tables and as JSON.
+    let socket = control_socket(&s);
+    let tables = run_binary(&["status", "--socket", &socket]).unwrap();
+    for (backend, state) in [("b0", "active"), ("b1", "down")] {
+        let line = tables
+            .lines()
+            .find(|line| line.split_whitespace().nth(1) == Some(backend))
+            .unwrap_or_else(|| panic!("no line for {backend}:\n{tables}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            (words[0], words[3]),
+            ("web", state),
+            "{backend}: {line:?}\n{tables}"
+        );
+    }
+    assert!(
+        tables.contains("VI_obs") && tables.contains("MASTER"),
+        "{tables}"
+    );
+    let cli_json = run_binary(&["status", "--socket", &socket, "--json"]).unwrap();
+    let cli_view = StatusView::from_json(cli_json.trim()).unwrap();
+    assert_eq!(backend_states(&cli_view), backend_states(&view));
+
+    let page = s.get("/");
+    for (what, text) in [
+        ("the JSON API", &json),
+        ("the status page", &page),
+        ("the rendered page", &dom),
+        ("gerbang status", &tables),
+        ("gerbang status --json", &cli_json),
+    ] {
+        assert!(!text.contains(PASSWORD), "the VRRP password is in {what}");
+    }
+    s.gerbang.stop().unwrap();
+}
+
+/// (service, backend, state, admin state) of every backend: what two snapshots taken a
+/// moment apart agree on (counters and check timings move on).
+fn backend_states(view: &StatusView) -> Vec<(String, String, String, String)> {
+    view.services
+        .iter()
+        .flat_map(|s| {
+            s.backends.iter().map(|b| {
+                (
+                    s.name.clone(),
+                    b.name.clone(),
+                    b.state.clone(),
+                    b.admin.clone(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The page as headless Chromium renders it after its script has fetched the status, as
+/// serialized DOM; a screenshot goes to `target/test-artifacts/observe-NAME.png`.
+fn chromium(s: &Scenario, name: &str) -> Result<String> {
+    let profile = TempDir::new();
+    let artifacts = artifacts_dir();
+    std::fs::create_dir_all(&artifacts)?;
+    let screenshot = artifacts.join(format!("observe-{name}.png"));
+    let common = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1400,700",
+        // Virtual time runs the page's timers at once; it waits for the fetch.
+        "--virtual-time-budget=3000",
+    ];
+    let user_data = format!("--user-data-dir={}", profile.path().display());
+    let url = s.url("/");
+    let mut args: Vec<String> = common.iter().map(|a| a.to_string()).collect();
+    args.push(user_data);
+    let shot = format!("--screenshot={}", screenshot.display());
+    s.t.lb
+        .exec(
+            "chromium",
+            args.iter()
+                .map(String::as_str)
+                .chain([shot.as_str(), url.as_str()]),
+        )
+        .context("taking a screenshot of the status page with chromium")?;
+    ensure!(screenshot.exists(), "chromium wrote no screenshot");
+    let dom =
+        s.t.lb
+            .exec(
+                "chromium",
+                args.iter()
+                    .map(String::as_str)
+                    .chain(["--dump-dom", url.as_str()]),
+            )
+            .context("loading the status page in chromium")?;
+    eprintln!("status page screenshot: {}", screenshot.display());
+    Ok(dom)
+}
+
+/// The visible text of the table row of `backend`, cells separated by spaces.
+fn row_text(dom: &str, backend: &str) -> Option<String> {
+    let start = dom.find(&format!("data-backend=\"{backend}\""))?;
+    let row = &dom[start..];
+    let row = &row[row.find('>')? + 1..row.find("</tr>")?];
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in row.chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                text.push(' ');
+            }
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    Some(text.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// `target/test-artifacts`, next to the profile directory this test runs from.
+fn artifacts_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test>
+    exe.ancestors().nth(3).unwrap().join("test-artifacts")
+}
+
+fn control_socket(s: &Scenario) -> String {
+    s.gerbang
+        .status()
+        .config
+        .control
+        .socket
+        .display()
+        .to_string()
+}
+
+fn run_binary(args: &[&str]) -> Result<String> {
+    let output = Command::new(binary()).args(args).output()?;
+    if !output.status.success() {
+        bail!(
+            "gerbang {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?)
+}
