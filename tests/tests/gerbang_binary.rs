@@ -37,11 +37,19 @@ listen = "10.200.100.1:80"
 "#;
 
 #[test]
-fn check_config_accepts_the_shipped_example() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/gerbang.toml");
-    let (ok, stdout, stderr) = gerbang(&["check-config", example]);
-    assert!(ok, "{stderr}");
-    assert!(stdout.contains(": ok ("), "{stdout}");
+fn check_config_accepts_every_shipped_example() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let (ok, stdout, stderr) = gerbang(&["check-config", path.to_str().unwrap()]);
+            assert!(ok, "{}: {stderr}", path.display());
+            assert!(stdout.contains(": ok ("), "{stdout}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "only {checked} examples found in {dir}");
 }
 
 #[test]
