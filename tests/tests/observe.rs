@@ -195,8 +195,13 @@ impl Scrape {
         }
     }
 
+    /// Names of samples, and of families (a gauge's is its samples'): a family without a
+    /// sample in this scenario (no database backend, say) still counts as exported.
     fn names(&self) -> BTreeSet<&str> {
-        self.samples.iter().map(|(n, _, _)| n.as_str()).collect()
+        let samples = self.samples.iter().map(|(n, _, _)| n.as_str());
+        samples
+            .chain(self.types.keys().map(String::as_str))
+            .collect()
     }
 }
 

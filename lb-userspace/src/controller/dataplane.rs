@@ -18,8 +18,9 @@ use crate::{
     },
 };
 
+/// The XDP side is boxed: it is much larger than the proxy's handle, and there is one.
 pub enum ActiveDataplane {
-    Xdp(XdpDataplane),
+    Xdp(Box<XdpDataplane>),
     Userspace(ProxyDataplane),
 }
 
@@ -40,11 +41,13 @@ impl ActiveDataplane {
         match config.dataplane.mode {
             DataplaneMode::Xdp => {
                 let (xdp, companions) = start_xdp(config, backends).await?;
-                Ok((ActiveDataplane::Xdp(xdp), Some(companions)))
+                Ok((ActiveDataplane::Xdp(Box::new(xdp)), Some(companions)))
             }
             DataplaneMode::Userspace => Ok((start_userspace(config).await?, None)),
             DataplaneMode::Auto => match start_xdp(config, backends).await {
-                Ok((xdp, companions)) => Ok((ActiveDataplane::Xdp(xdp), Some(companions))),
+                Ok((xdp, companions)) => {
+                    Ok((ActiveDataplane::Xdp(Box::new(xdp)), Some(companions)))
+                }
                 Err(err) => {
                     warn!(
                         "XDP is not available here ({err:#}); running the userspace proxy \

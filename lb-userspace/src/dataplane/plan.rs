@@ -16,7 +16,9 @@ use std::{
 };
 
 use crate::{
-    config::{BackendConfig, Config, DownPolicy, PortRange, Protocol, ReplicaFallback, ServiceRole},
+    config::{
+        BackendConfig, Config, DownPolicy, PortRange, Protocol, ReplicaFallback, ServiceRole,
+    },
     health::{Role, RoleVerdict},
 };
 
@@ -232,8 +234,7 @@ impl Candidate<'_> {
 
     /// Healthy and fit for reads: a replica within `max_lag`, or a Galera member.
     fn fresh_reader(&self) -> bool {
-        (self.is(Role::Replica) || self.is(Role::Member))
-            && self.role.is_some_and(|r| r.fresh)
+        (self.is(Role::Replica) || self.is(Role::Member)) && self.role.is_some_and(|r| r.fresh)
     }
 }
 

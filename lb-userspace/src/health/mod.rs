@@ -410,7 +410,14 @@ async fn check_loop(
         let result = probe(target, &check.kind, check.timeout).await;
         let changed = state.record(result.is_ok());
         let role_changed = role.record(result.as_ref().ok().and_then(|s| s.role.as_ref()));
-        if !shared.record(&key, generation, &state, &result, changed, (&role, role_changed)) {
+        if !shared.record(
+            &key,
+            generation,
+            &state,
+            &result,
+            changed,
+            (&role, role_changed),
+        ) {
             return;
         }
         // A role being gained is confirmed at the pace of a backend coming UP.

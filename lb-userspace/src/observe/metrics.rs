@@ -235,9 +235,9 @@ impl Snapshot {
         out.seconds(
             "gerbang_server_replication_lag_seconds",
             "A replica's replication lag at the last role check that told it.",
-            backends.iter().filter_map(|(labels, b)| {
-                Some((labels.clone(), b.replication_lag_seconds?))
-            }),
+            backends
+                .iter()
+                .filter_map(|(labels, b)| Some((labels.clone(), b.replication_lag_seconds?))),
         )?;
         out.traffic(
             "gerbang_server",
