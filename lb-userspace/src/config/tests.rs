@@ -392,7 +392,7 @@ fn unknown_keys() {
     let message = only_problem(&edit("interfaces", "interface"), 2, "dataplane.interface");
     assert_eq!(
         message,
-        "unknown field `interface`, expected one of `interfaces`, `attach`, `snat_address`, \
+        "unknown field `interface`, expected one of `mode`, `interfaces`, `attach`, `snat_address`, \
          `snat_ports`, `flow_table_size`, `pin_path`"
     );
     let message = only_problem(

@@ -14,7 +14,10 @@ use crate::{
     dataplane::{
         Dataplane as _, Plan,
         proxy::{ProxyDataplane, ProxyOptions, ServiceOptions},
-        xdp::{FlowSweeper, NextHopResolver, PinDir, TrafficReport, XdpDataplane, mode_name},
+        xdp::{
+            FlowSweeper, NextHopResolver, PinDir, TrafficReport, XdpDataplane, interface_index,
+            mode_name,
+        },
     },
 };
 
@@ -44,18 +47,25 @@ impl ActiveDataplane {
                 Ok((ActiveDataplane::Xdp(Box::new(xdp)), Some(companions)))
             }
             DataplaneMode::Userspace => Ok((start_userspace(config).await?, None)),
-            DataplaneMode::Auto => match start_xdp(config, backends).await {
-                Ok((xdp, companions)) => {
-                    Ok((ActiveDataplane::Xdp(Box::new(xdp)), Some(companions)))
+            DataplaneMode::Auto => {
+                // A misspelt interface is a mistake in the config, not a kernel without XDP:
+                // say so rather than quietly proxying on every address instead.
+                for interface in &config.dataplane.interfaces {
+                    interface_index(interface)?;
                 }
-                Err(err) => {
-                    warn!(
-                        "XDP is not available here ({err:#}); running the userspace proxy \
+                match start_xdp(config, backends).await {
+                    Ok((xdp, companions)) => {
+                        Ok((ActiveDataplane::Xdp(Box::new(xdp)), Some(companions)))
+                    }
+                    Err(err) => {
+                        warn!(
+                            "XDP is not available here ({err:#}); running the userspace proxy \
                          instead (dataplane.mode = \"auto\")"
-                    );
-                    Ok((start_userspace(config).await?, None))
+                        );
+                        Ok((start_userspace(config).await?, None))
+                    }
                 }
-            },
+            }
         }
     }
 

@@ -192,7 +192,7 @@ fn explain_attach_error(interface: &str, mode: XdpMode, err: ProgramError) -> an
 
 /// The index of `interface` in this network namespace, or an error listing the ones that
 /// exist.
-fn interface_index(interface: &str) -> Result<u32> {
+pub fn interface_index(interface: &str) -> Result<u32> {
     let name = CString::new(interface)
         .map_err(|_| anyhow!("interface name {interface:?} contains a NUL byte"))?;
     // SAFETY: a valid C string.

@@ -27,7 +27,7 @@ use lb_common::{Event, Flow, FlowKey, NextHop, Timeouts, TrafficCounters, XDP_PR
 use tracing::{info, warn};
 
 pub use self::{
-    attach::{Attachment, mode_name},
+    attach::{Attachment, interface_index, mode_name},
     nexthop::NextHopResolver,
     pin::PinDir,
     sweeper::{FlowSweeper, SweepReport},
