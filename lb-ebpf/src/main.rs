@@ -21,6 +21,7 @@
 mod atomic;
 mod counters;
 mod csum;
+mod debug_log;
 mod flow;
 mod forward;
 mod maps;
@@ -43,6 +44,7 @@ use crate::{
 pub fn gerbang_xdp(ctx: XdpContext) -> u32 {
     let event = process(&ctx);
     counters::count_event(event);
+    debug_log::log_event(&ctx, event);
     match event.verdict() {
         Verdict::PassUntouched | Verdict::PassRewritten => xdp_action::XDP_PASS,
         Verdict::Tx => xdp_action::XDP_TX,

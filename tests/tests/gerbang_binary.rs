@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::SocketAddrV4, process::Command, time::Dura
 
 use gerbang_testbed::{Cmd, HttpBackend, Netns, TwoArm, curl, http_get, http_get_many};
 use support::{
-    gerbang::{binary, wait_until},
+    gerbang::{binary, isolate, wait_until},
     tempdir::TempDir,
 };
 
@@ -50,10 +50,9 @@ fn check_config_accepts_every_shipped_example() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let text = std::fs::read_to_string(&path).unwrap().replace(
-                "/etc/gerbang/",
-                &format!("{}/", secrets.path().display()),
-            );
+            let text = std::fs::read_to_string(&path)
+                .unwrap()
+                .replace("/etc/gerbang/", &format!("{}/", secrets.path().display()));
             let copy = secrets.write(path.file_name().unwrap().to_str().unwrap(), &text);
             let (ok, stdout, stderr) = gerbang(&["check-config", copy.to_str().unwrap()]);
             assert!(ok, "{}: {stderr}", path.display());
@@ -122,6 +121,46 @@ fn running_without_root_says_what_to_do() {
 
 #[test]
 fn the_binary_balances_and_detaches_on_sigterm() {
+    let output = balance_through_the_binary(0);
+    assert!(
+        !output.contains("lines held back"),
+        "no XDP debug logs unless asked for:\n{output}"
+    );
+}
+
+/// `dataplane.xdp_log_rate` turns the program's debug logs on: each names the event and the
+/// addresses, and no more than the rate per CPU per second arrive.
+#[test]
+fn xdp_debug_logs_are_rate_limited() {
+    const RATE: usize = 2;
+    let started = std::time::Instant::now();
+    let output = balance_through_the_binary(RATE as u32);
+    let seconds = started.elapsed().as_secs() as usize + 1;
+    let lines: Vec<&str> = output
+        .lines()
+        .filter(|line| line.contains("lines held back"))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("tx ") || l.contains("redirect ")),
+        "forwarded packets are logged with their event:\n{output}"
+    );
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert!(
+        lines.len() <= RATE * cpus * seconds,
+        "{} lines in {seconds} s at {RATE}/s on {cpus} CPUs:\n{output}",
+        lines.len()
+    );
+    assert!(
+        output.contains("XDP debug logs on: at most 2 lines per second per CPU"),
+        "{output}"
+    );
+}
+
+/// Runs the binary in front of three HTTP backends, checks it balances and that SIGTERM
+/// detaches it, and returns its log.
+fn balance_through_the_binary(xdp_log_rate: u32) -> String {
     let t = TwoArm::new(3).unwrap();
     let _servers: Vec<HttpBackend> = t
         .backends
@@ -136,7 +175,7 @@ fn the_binary_balances_and_detaches_on_sigterm() {
         })
         .collect();
     let mut config = format!(
-        "[dataplane]\ninterfaces = [\"{}\", \"{}\"]\nsnat_address = \"{}\"\n\n[[service]]\nname = \"web\"\nlisten = \"{}:80\"\n",
+        "[dataplane]\ninterfaces = [\"{}\", \"{}\"]\nsnat_address = \"{}\"\nxdp_log_rate = {xdp_log_rate}\n\n[[service]]\nname = \"web\"\nlisten = \"{}:80\"\n",
         t.lb_client_if, t.lb_backend_if, t.snat, t.vip
     );
     for b in &t.backends {
@@ -146,7 +185,7 @@ fn the_binary_balances_and_detaches_on_sigterm() {
         );
     }
     let dir = TempDir::new();
-    let path = dir.write("gerbang.toml", &config);
+    let path = dir.write("gerbang.toml", &isolate(&config));
     let log = dir.path().join("gerbang.log");
     let mut process =
         t.lb.spawn(
@@ -200,4 +239,5 @@ fn the_binary_balances_and_detaches_on_sigterm() {
         http_get(&t.client, vip).is_err(),
         "nothing answers on the VIP once gerbang is gone"
     );
+    output
 }

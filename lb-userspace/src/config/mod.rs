@@ -200,9 +200,15 @@ pub struct DataplaneConfig {
     /// Directory under a bpffs mount where the maps and the XDP link are pinned, so that a
     /// restart of gerbang keeps every flow. Absolute, without `..`.
     pub pin_path: PathBuf,
+    /// Debug log lines the XDP program may emit per second on each CPU; 0 (the default)
+    /// builds the program without them.
+    pub xdp_log_rate: u32,
 }
 
 impl DataplaneConfig {
+    /// The most log lines per second per CPU `xdp_log_rate` allows: enough to follow a
+    /// test client, too few to drown a busy host in logs.
+    pub const MAX_XDP_LOG_RATE: u32 = 1000;
     /// Where maps are pinned when the file does not say.
     pub const DEFAULT_PIN_PATH: &'static str = "/sys/fs/bpf/gerbang";
 }

@@ -40,6 +40,7 @@ pub(super) struct RawDataplane {
     pub snat_ports: Leaf,
     pub flow_table_size: Leaf,
     pub pin_path: Leaf,
+    pub xdp_log_rate: Leaf,
 }
 
 #[derive(Deserialize, Default)]

@@ -188,6 +188,7 @@ fn defaults() {
                 },
                 flow_table_size: 65536,
                 pin_path: PathBuf::from("/sys/fs/bpf/gerbang"),
+                xdp_log_rate: 0,
             },
             timeouts: FlowTimeouts {
                 tcp_syn: Duration::from_secs(30),
@@ -250,6 +251,7 @@ attach = "generic"
 snat_address = "10.0.0.1"
 snat_ports = "20000-29999"
 flow_table_size = 1024
+xdp_log_rate = 20
 [timeouts]
 tcp_syn = "200ms"
 tcp_established = "1h"
@@ -273,6 +275,7 @@ backend = [{ name = "a", address = "10.0.1.1:53" }, { name = "b", address = "10.
         }
     );
     assert_eq!(config.dataplane.flow_table_size, 1024);
+    assert_eq!(config.dataplane.xdp_log_rate, 20);
     assert_eq!(config.timeouts.tcp_syn, Duration::from_millis(200));
     assert_eq!(config.timeouts.udp, Duration::from_secs(120));
     let service = &config.services[0];
@@ -393,7 +396,7 @@ fn unknown_keys() {
     assert_eq!(
         message,
         "unknown field `interface`, expected one of `mode`, `interfaces`, `attach`, `snat_address`, \
-         `snat_ports`, `flow_table_size`, `pin_path`"
+         `snat_ports`, `flow_table_size`, `pin_path`, `xdp_log_rate`"
     );
     let message = only_problem(
         &edit("  name = \"web1\"\n", "  name = \"web1\"\n  port = 3\n"),
@@ -2689,4 +2692,16 @@ fn proxy_options_need_userspace_mode_and_tcp() {
         message.contains("\"auto\", \"xdp\", \"userspace\""),
         "{message}"
     );
+}
+
+#[test]
+fn xdp_log_rate_is_bounded() {
+    let text = MINIMAL.replacen("[dataplane]\n", "[dataplane]\nxdp_log_rate = 1001\n", 1);
+    let message = only_problem(&text, 2, "dataplane.xdp_log_rate");
+    assert_eq!(
+        message,
+        "1001 is out of range: allowed 0 (off, the default) to 1000 lines per second per CPU"
+    );
+    let text = MINIMAL.replacen("[dataplane]\n", "[dataplane]\nxdp_log_rate = \"fast\"\n", 1);
+    only_problem(&text, 2, "dataplane.xdp_log_rate");
 }

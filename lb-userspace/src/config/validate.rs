@@ -119,6 +119,7 @@ fn assemble(
             snat_ports: dataplane.snat_ports?,
             flow_table_size: dataplane.flow_table_size?,
             pin_path: dataplane.pin_path?,
+            xdp_log_rate: dataplane.xdp_log_rate?,
         },
         timeouts: timeouts?,
         services: services?,
@@ -152,6 +153,7 @@ struct DataplaneDraft {
     snat_ports: Checked<PortRange>,
     flow_table_size: Checked<u32>,
     pin_path: Checked<PathBuf>,
+    xdp_log_rate: Checked<u32>,
 }
 
 /// One `[[service]]`, checked field by field; the checks across services read it.
@@ -368,6 +370,7 @@ impl Checker<'_> {
             },
             snat_ports: self.snat_ports(&table.snat_ports),
             flow_table_size: self.flow_table_size(&table.flow_table_size),
+            xdp_log_rate: self.xdp_log_rate(&table.xdp_log_rate),
             pin_path: self.path(
                 &table.pin_path,
                 "dataplane.pin_path",
@@ -549,6 +552,26 @@ impl Checker<'_> {
         };
         let text = self.string(value, FIELD, "a port range such as \"1024-32767\"")?;
         port_range(text).map_err(|message| self.report(Some(value.span()), FIELD, message))
+    }
+
+    fn xdp_log_rate(&mut self, leaf: &Leaf) -> Checked<u32> {
+        const FIELD: &str = "dataplane.xdp_log_rate";
+        let Some(value) = leaf else {
+            return Ok(0);
+        };
+        let max = DataplaneConfig::MAX_XDP_LOG_RATE;
+        let allowed = format!("allowed 0 (off, the default) to {max} lines per second per CPU");
+        let message = match value.get_ref() {
+            Value::Integer(n) => match u32::try_from(*n) {
+                Ok(rate) if rate <= max => return Ok(rate),
+                _ => format!("{n} is out of range: {allowed}"),
+            },
+            other => format!(
+                "expected a number of lines, found {}: {allowed}",
+                describe(other)
+            ),
+        };
+        Err(self.report(Some(value.span()), FIELD, message))
     }
 
     fn flow_table_size(&mut self, leaf: &Leaf) -> Checked<u32> {

@@ -301,6 +301,10 @@ impl Core {
                 "dataplane.flow_table_size",
                 new.dataplane.flow_table_size != old.dataplane.flow_table_size,
             ),
+            (
+                "dataplane.xdp_log_rate",
+                new.dataplane.xdp_log_rate != old.dataplane.xdp_log_rate,
+            ),
             ("control.socket", new.control.socket != old.control.socket),
             ("[http]", new.http != old.http),
             ("[[vrrp]]", new.vrrp != old.vrrp),

@@ -6,6 +6,7 @@
 //! next hops, so each can run on its own schedule without locks.
 
 mod attach;
+mod debug_log;
 mod counters;
 mod ids;
 mod nexthop;
@@ -50,6 +51,8 @@ pub struct XdpDataplane {
     devices: DevMapHash<MapData>,
     attachments: Vec<Attachment>,
     pins: Option<PinDir>,
+    /// Forwards the program's debug logs while `dataplane.xdp_log_rate` asks for them.
+    _log_reader: Option<debug_log::LogReader>,
     /// Owns the program and its links; declared last so it is dropped last.
     ebpf: Ebpf,
 }
@@ -126,7 +129,8 @@ impl XdpDataplane {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(map_names::FLOWS, config.flow_table_size)
-            .map_max_entries(map_names::NAT_RETURN, config.flow_table_size);
+            .map_max_entries(map_names::NAT_RETURN, config.flow_table_size)
+            .override_global(debug_log::RATE_GLOBAL, &config.xdp_log_rate, true);
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -139,6 +143,10 @@ impl XdpDataplane {
         program_mut(&mut ebpf)?
             .load()
             .map_err(|err| kernel_refused(&err))?;
+        let log_reader = match config.xdp_log_rate {
+            0 => None,
+            rate => Some(debug_log::LogReader::start(&mut ebpf, rate)?),
+        };
 
         let counters = CounterMaps::new(
             take_map(&mut ebpf, map_names::EVENTS)?,
@@ -172,6 +180,7 @@ impl XdpDataplane {
             devices: take_map(&mut ebpf, map_names::DEVICES)?,
             attachments: Vec::new(),
             pins,
+            _log_reader: log_reader,
             ebpf,
         };
         Ok((dataplane, background))
@@ -276,6 +285,7 @@ impl XdpDataplane {
             devices,
             attachments,
             pins,
+            _log_reader,
             ebpf,
         } = self;
         for attachment in attachments {
