@@ -72,7 +72,7 @@ pub fn log_event(ctx: &XdpContext, event: Event) {
         event.name(),
         src,
         dst,
-        ip.proto as u8,
+        ip.proto,
         held_back
     );
 }
