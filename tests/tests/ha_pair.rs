@@ -1,6 +1,7 @@
-//! Two complete gerbangs (XDP data path, health checks and VRRP) on one LAN: the service
-//! is live only on the node that holds its VIP, and a node whose tracked service loses
-//! every backend hands the VIP, and with it the traffic, to its peer.
+//! Two complete gerbangs (data path, health checks and VRRP) on one LAN: the service is
+//! live only on the node that holds its VIP, and a node whose tracked service loses every
+//! backend hands the VIP, and with it the traffic, to its peer. The same story with the XDP
+//! program and with the userspace proxy.
 
 mod support;
 
@@ -18,9 +19,13 @@ const WEB: u16 = 8080;
 /// alone.
 const A_CHECK: u16 = 8081;
 
-fn node_config(lan: &Lan, node: usize, priority: u8, check_port: u16) -> String {
+/// The `[dataplane]` lines of each data plane under test (the XDP one on [`IFACE`]).
+const XDP: &str = "interfaces = [\"lan0\"]\nattach = \"generic\"";
+const USERSPACE: &str = "mode = \"userspace\"";
+
+fn node_config(lan: &Lan, dataplane: &str, node: usize, priority: u8, check_port: u16) -> String {
     let mut text = format!(
-        "[dataplane]\ninterfaces = [\"{IFACE}\"]\nattach = \"generic\"\nsnat_address = \"{}\"\n\n\
+        "[dataplane]\n{dataplane}\nsnat_address = \"{}\"\n\n\
          [[service]]\nname = \"web\"\nlisten = \"{VIP}:80\"\n\
          [service.check]\ntype = \"http\"\nport = {check_port}\ninterval = \"100ms\"\nfall = 2\nrise = 2\n",
         lan.addr(node)
@@ -64,6 +69,15 @@ fn tally(lan: &Lan, n: usize) -> BTreeMap<String, usize> {
 
 #[test]
 fn the_service_follows_the_vip_and_a_failed_track_hands_it_over() {
+    follow_the_vip(XDP);
+}
+
+#[test]
+fn the_proxy_follows_the_vip_too() {
+    follow_the_vip(USERSPACE);
+}
+
+fn follow_the_vip(dataplane: &str) {
     // Nodes 0 and 1 balance, 2 is the client, 3 and 4 are backends.
     let lan = Lan::new(5).unwrap();
     let _web: Vec<HttpBackend> = [3, 4]
@@ -89,8 +103,8 @@ fn the_service_follows_the_vip_and_a_failed_track_hands_it_over() {
         })
         .collect();
 
-    let a = InProcess::start(lan.ns(0), &node_config(&lan, 0, 150, A_CHECK)).unwrap();
-    let b = InProcess::start(lan.ns(1), &node_config(&lan, 1, 100, WEB)).unwrap();
+    let a = InProcess::start(lan.ns(0), &node_config(&lan, dataplane, 0, 150, A_CHECK)).unwrap();
+    let b = InProcess::start(lan.ns(1), &node_config(&lan, dataplane, 1, 100, WEB)).unwrap();
     wait_until(WAIT, || {
         (vrrp_state(&a) == VrrpState::Master && vrrp_state(&b) == VrrpState::Backup)
             .then_some(())
