@@ -64,9 +64,11 @@ pub enum Event {
     DropMalformedL4,
     /// IPv4 fragment to a VIP: ports are unknown, so it cannot be balanced.
     DropFragment,
-    /// A UDP datagram for a service with no backend available.
+    /// A UDP datagram for a service with no backend available (or a TCP segment with RST
+    /// set, which is never answered with a RST).
     DropNoBackend,
-    /// A UDP datagram of a flow whose backend failed (the service cuts such flows).
+    /// A UDP datagram of a flow whose backend failed (the service cuts such flows), or a
+    /// TCP segment of it with RST set.
     DropBackendDown,
     /// A TCP RST belonging to no live flow: nothing to answer.
     DropStrayRst,

@@ -128,10 +128,12 @@ pub fn to_client(ctx: &XdpContext, pkt: &Parsed, client: FlowKey) -> Event {
     event
 }
 
-/// Ends a client's packet that cannot go on: TCP gets a RST, anything else is dropped.
+/// Ends a client's packet that cannot go on: TCP gets a RST, anything else is dropped,
+/// and so is a segment that carries a RST itself: a RST is never answered with one (RFC
+/// 9293 §3.10.7.1), or two balancers could bounce them forever.
 #[inline(always)]
 fn cut(ctx: &XdpContext, pkt: &Parsed, tcp: Event, other: Event) -> Event {
-    if pkt.proto == PROTO_TCP {
+    if pkt.proto == PROTO_TCP && !pkt.has_tcp_flag(TCP_RST) {
         reset::reset_client(ctx, pkt, tcp)
     } else {
         other
