@@ -1,17 +1,21 @@
 //! What gerbang shows of itself, judged by peers nobody here wrote: `/metrics` parsed by the
-//! reference OpenMetrics parser (Python's prometheus_client) while real traffic flows and a
-//! backend fails, the status page as headless Chromium renders it, `gerbang status` from
-//! the binary, the Grafana dashboard against a real scrape, and no secret in any of them.
+//! reference OpenMetrics parser (Python's prometheus_client) while real traffic flows,
+//! connections are held open, backends fail and a VRRP instance goes to FAULT and back;
+//! database roles and lag from a real PostgreSQL primary and replica; the status page as
+//! headless Chromium renders it, `gerbang status` from the binary, the Grafana dashboard
+//! against a real scrape, and no secret (VRRP or database password) in any of them. The
+//! binary itself logs JSON on request and serves on loopback unless told otherwise.
 //!
-//! gerbang runs in-process in the balancer's namespace; its HTTP endpoint listens on
-//! loopback there, so every client (curl, Chromium) runs inside that namespace too.
+//! gerbang runs in-process in the balancer's namespace (but for the binary's test); its
+//! HTTP endpoint listens on loopback there, so every client (curl, Chromium) runs inside
+//! that namespace too.
 
 mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::Write as _,
-    net::{SocketAddr, SocketAddrV4},
+    net::{SocketAddr, SocketAddrV4, TcpStream},
     path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
@@ -19,28 +23,35 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use gerbang::observe::StatusView;
-use gerbang_testbed::{HttpBackend, TwoArm, curl, http_get_many};
+use gerbang_testbed::{Cmd, HttpBackend, TcpStreamClient, TwoArm, curl, http_get_many};
 use support::{
-    gerbang::{InProcess, binary, wait_until},
+    db::Postgres,
+    gerbang::{InProcess, binary, isolate, wait_until},
     tempdir::TempDir,
 };
 
 const HTTP: u16 = 8080;
 /// The VRRP password (v2, 8 characters at most): it must never be shown.
 const PASSWORD: &str = "s3cr3tPw";
+/// The database check's password, which PostgreSQL accepts: it must never be shown.
+const DB_PASSWORD: &str = "m0nitor-Db-s3cret";
+/// A database check's password that PostgreSQL refuses: it must never be shown either.
+const WRONG_DB_PASSWORD: &str = "wr0ng-Db-s3cret";
 const VRRP_VIP: &str = "10.200.1.100/24";
 const REQUESTS: usize = 10;
 const WAIT: Duration = Duration::from_secs(10);
+/// Long enough for two sweeps of the connection table (every 5 s), which is when XDP's
+/// current sessions are counted.
+const SWEEP_WAIT: Duration = Duration::from_secs(15);
+/// Idle connections held open through the VIP: an even number, for round-robin to split.
+const HELD: usize = 6;
 
-/// Two backends with fast HTTP checks, and a VRRP instance that owns its address (priority
-/// 255: master at once) with a password.
-fn config(t: &TwoArm) -> String {
+/// The `web` service over every backend of `t`, with fast HTTP checks.
+fn web_service(t: &TwoArm) -> String {
     let mut text = format!(
-        "[dataplane]\ninterfaces = [\"{}\", \"{}\"]\nattach = \"native\"\nsnat_address = \"{}\"\n\
-         flow_table_size = 4096\n\n\
-         [[service]]\nname = \"web\"\nlisten = \"{}:80\"\n\
+        "\n[[service]]\nname = \"web\"\nlisten = \"{}:80\"\n\
          [service.check]\ntype = \"http\"\ninterval = \"200ms\"\nfall = 2\nrise = 2\n",
-        t.lb_client_if, t.lb_backend_if, t.snat, t.vip
+        t.vip
     );
     for (i, b) in t.backends.iter().enumerate() {
         text += &format!(
@@ -48,13 +59,41 @@ fn config(t: &TwoArm) -> String {
             b.addr
         );
     }
+    text
+}
+
+/// The XDP data plane on both arms of `t`. Closed TCP flows stay in the connection table
+/// for a minute, so that a current-sessions figure falling to 0 within [`SWEEP_WAIT`] of
+/// closing shows the sweep tells closed flows from open ones, not that they expired.
+fn xdp_dataplane(t: &TwoArm) -> String {
+    format!(
+        "[dataplane]\ninterfaces = [\"{}\", \"{}\"]\nattach = \"native\"\nsnat_address = \"{}\"\n\
+         flow_table_size = 4096\n\n[timeouts]\ntcp_closing = \"60s\"\n",
+        t.lb_client_if, t.lb_backend_if, t.snat
+    )
+}
+
+/// Two backends with fast HTTP checks, and a VRRP instance that owns its address (priority
+/// 255: master at once) with a password, tracking `web` with weight 0: FAULT while none of
+/// its backends is up, as keepalived's track weight 0 does.
+fn config(t: &TwoArm) -> String {
+    let mut text = xdp_dataplane(t) + &web_service(t);
     text += &format!(
         "\n[[vrrp]]\nname = \"VI_obs\"\ninterface = \"{}\"\nvirtual_router_id = 77\n\
          priority = 255\nversion = 2\nauth_password = \"{PASSWORD}\"\n\
-         virtual_addresses = [\"{VRRP_VIP}\"]\ngarp_count = 1\n",
+         virtual_addresses = [\"{VRRP_VIP}\"]\ngarp_count = 1\n\
+         track_services = [{{ service = \"web\", weight = 0 }}]\n",
         t.lb_client_if
     );
     text
+}
+
+/// The userspace proxy instead of XDP, no VRRP.
+fn userspace_config(t: &TwoArm) -> String {
+    format!(
+        "[dataplane]\nmode = \"userspace\"\nsnat_address = \"{}\"\n",
+        t.snat
+    ) + &web_service(t)
 }
 
 /// A topology with HTTP servers on both backends and gerbang in front of them, its VRRP
@@ -68,6 +107,12 @@ struct Scenario {
 
 impl Scenario {
     fn start() -> Scenario {
+        Self::start_with(config)
+    }
+
+    /// gerbang with the configuration `config` makes for the topology; once its VRRP
+    /// instances (if any) are master and both backends are active.
+    fn start_with(config: fn(&TwoArm) -> String) -> Scenario {
         let t = TwoArm::new(2).unwrap();
         let servers = t
             .backends
@@ -85,10 +130,12 @@ impl Scenario {
         let http = gerbang.http_address().expect("[http] is enabled");
         assert!(http.ip().is_loopback() && http.port() != 0, "{http}");
         wait_until(WAIT, || {
-            let state = &gerbang.status().vrrp[0].state;
-            (state.as_str() == "MASTER")
+            let status = gerbang.status();
+            let states: Vec<&str> = status.vrrp.iter().map(|v| v.state.as_str()).collect();
+            let active = status.plan.services[0].active().count();
+            (states.iter().all(|s| *s == "MASTER") && active == 2)
                 .then_some(())
-                .ok_or_else(|| anyhow!("VRRP is {state}"))
+                .ok_or_else(|| anyhow!("VRRP is {states:?}, {active} backends active"))
         })
         .unwrap();
         Scenario {
@@ -110,6 +157,59 @@ impl Scenario {
 
     fn scrape(&self) -> Scrape {
         Scrape::parse(self.get("/metrics")).unwrap()
+    }
+
+    /// Waits until `web`'s current sessions, and their sum over its backends, are `n`;
+    /// that scrape.
+    fn wait_for_sessions(&self, n: usize) -> Scrape {
+        wait_until(SWEEP_WAIT, || {
+            let scrape = self.scrape();
+            let service = scrape.value("gerbang_backend_current_sessions", &[("service", "web")]);
+            let backends = scrape.sum("gerbang_server_current_sessions", &[("service", "web")]);
+            (service == Some(n as f64) && backends == n as f64)
+                .then_some(scrape)
+                .ok_or_else(|| {
+                    anyhow!("web has {service:?} current sessions, {backends} over its backends")
+                })
+        })
+        .unwrap()
+    }
+
+    /// Opens `n` idle TCP connections to `web` from the client.
+    fn hold_connections(&self, n: usize) -> Vec<TcpStreamClient> {
+        let vip = SocketAddrV4::new(self.t.vip, 80);
+        (0..n)
+            .map(|_| TcpStreamClient::connect(&self.t.client, vip).unwrap())
+            .collect()
+    }
+
+    /// Restarts backend `i`'s HTTP server and waits until /metrics says it is UP.
+    fn restore_backend(&mut self, i: usize) -> Scrape {
+        let b = &self.t.backends[i];
+        self.servers[i] =
+            HttpBackend::start(&b.ns, SocketAddrV4::new(b.addr, HTTP), &format!("b{i}")).unwrap();
+        let name = format!("b{i}");
+        wait_until(WAIT, || {
+            let scrape = self.scrape();
+            let status = scrape.value("gerbang_server_status", &[("backend", &name)]);
+            (status == Some(1.0))
+                .then_some(scrape)
+                .ok_or_else(|| anyhow!("gerbang_server_status of {name} is {status:?}"))
+        })
+        .unwrap()
+    }
+
+    /// Waits until /metrics shows the VRRP instance in `state` (keepalived-exporter's
+    /// number); that scrape.
+    fn wait_for_vrrp(&self, state: f64) -> Scrape {
+        wait_until(WAIT, || {
+            let scrape = self.scrape();
+            let now = scrape.value("gerbang_vrrp_state", &[("iname", "VI_obs")]);
+            (now == Some(state))
+                .then_some(scrape)
+                .ok_or_else(|| anyhow!("gerbang_vrrp_state is {now:?}, waiting for {state}"))
+        })
+        .unwrap()
     }
 
     /// Stops backend `i` and waits until /metrics says it is DOWN.
@@ -193,6 +293,20 @@ impl Scrape {
             [] => None,
             more => panic!("{} samples of {name} {labels:?}: {more:?}", more.len()),
         }
+    }
+
+    /// The sum of the samples `name` whose labels include `labels` (0 if none).
+    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, value)| *value)
+            .sum()
     }
 
     /// Names of samples, and of families (a gauge's is its samples'): a family without a
@@ -327,6 +441,13 @@ fn metrics_count_the_traffic_and_follow_backend_health() {
         Some(2.0),
         "MASTER"
     );
+    assert_eq!(
+        scrape.value("gerbang_dataplane_info", &[("mode", "xdp")]),
+        Some(1.0)
+    );
+    // The HTTP requests are over: no session is left once a sweep has counted.
+    s.wait_for_sessions(0);
+    held_connections_are_current_sessions(&s, &["b0", "b1"]);
 
     // b1 stops: its status goes to 0 (DOWN) with HAProxy's L4CON, the service keeps b0.
     let scrape = s.fail_backend(1);
@@ -339,12 +460,95 @@ fn metrics_count_the_traffic_and_follow_backend_health() {
     );
     assert_eq!(scrape.value("gerbang_backend_status", &web), Some(1.0));
 
+    // b0 stops too: the service has no backend, and the VRRP instance tracking it goes to
+    // FAULT (3); back to MASTER (2) once b0 is back. Each change is a transition.
+    let vrrp = [("iname", "VI_obs")];
+    let transitions = |scrape: &Scrape| {
+        scrape
+            .value("gerbang_vrrp_state_transitions_total", &vrrp)
+            .unwrap()
+    };
+    let before = transitions(&scrape);
+    s.fail_backend(0);
+    let scrape = s.wait_for_vrrp(3.0);
+    assert_eq!(scrape.value("gerbang_backend_status", &web), Some(0.0));
+    assert_eq!(
+        scrape.value("gerbang_backend_active_servers", &web),
+        Some(0.0)
+    );
+    let faulted = transitions(&scrape);
+    assert!(faulted > before, "{before} -> {faulted}");
+    s.restore_backend(0);
+    let scrape = s.wait_for_vrrp(2.0);
+    assert!(transitions(&scrape) > faulted);
+    assert_eq!(scrape.value("gerbang_backend_status", &web), Some(1.0));
+
     assert!(
         !scrape.text.contains(PASSWORD),
         "the VRRP password is in /metrics"
     );
     dashboard_queries_name_exported_metrics(&scrape);
     s.gerbang.stop().unwrap();
+}
+
+/// The userspace proxy's current sessions are its open connections, per backend those
+/// established with it.
+#[test]
+fn userspace_current_sessions_are_the_proxys_connections() {
+    let s = Scenario::start_with(userspace_config);
+    let scrape = s.scrape();
+    assert_eq!(
+        scrape.value("gerbang_dataplane_info", &[("mode", "userspace")]),
+        Some(1.0)
+    );
+    held_connections_are_current_sessions(&s, &["b0", "b1"]);
+    s.gerbang.stop().unwrap();
+}
+
+/// [`HELD`] idle connections through the VIP are `web`'s current sessions once counted
+/// (with XDP, at the next sweep of the connection table), split evenly over `backends` by
+/// round-robin, in /metrics and the JSON API alike; closed, they are gone at the next count.
+fn held_connections_are_current_sessions(s: &Scenario, backends: &[&str]) {
+    let held = s.hold_connections(HELD);
+    let scrape = s.wait_for_sessions(HELD);
+    let each = (HELD / backends.len()) as f64;
+    for backend in backends {
+        let labels = [("service", "web"), ("backend", backend)];
+        assert_eq!(
+            scrape.value("gerbang_server_current_sessions", &labels),
+            Some(each),
+            "{backend}"
+        );
+    }
+    let view = StatusView::from_json(&s.get("/api/status")).unwrap();
+    let web = &view.services[0];
+    assert_eq!(web.current_sessions, HELD as u64);
+    if view.dataplane.mode == "userspace" {
+        // No connection table: its fill is the proxy's connections.
+        assert_eq!(view.flows.live, HELD as u64);
+        assert_eq!(
+            scrape.value("gerbang_flow_table_entries", &[]),
+            Some(HELD as f64)
+        );
+    }
+    let sessions: Vec<(&str, u64)> = web
+        .backends
+        .iter()
+        .map(|b| (b.name.as_str(), b.current_sessions))
+        .collect();
+    let expected: Vec<(&str, u64)> = backends.iter().map(|b| (*b, each as u64)).collect();
+    assert_eq!(sessions, expected);
+
+    drop(held);
+    let scrape = s.wait_for_sessions(0);
+    for backend in backends {
+        let labels = [("service", "web"), ("backend", backend)];
+        assert_eq!(
+            scrape.value("gerbang_server_current_sessions", &labels),
+            Some(0.0),
+            "{backend}"
+        );
+    }
 }
 
 /// Every metric a PromQL query of the shipped dashboard names is one gerbang exports.
@@ -414,6 +618,9 @@ fn metric_names(expr: &str) -> Vec<String> {
 fn status_page_api_and_cli_show_each_backend_and_no_secret() {
     let mut s = Scenario::start();
     s.fail_backend(1);
+    // Two connections held open, both on b0, the one backend left: its current sessions.
+    let _held = s.hold_connections(2);
+    s.wait_for_sessions(2);
 
     let json = s.get("/api/status");
     let view = StatusView::from_json(&json).unwrap();
@@ -423,6 +630,12 @@ fn status_page_api_and_cli_show_each_backend_and_no_secret() {
         .map(|b| (b.name.as_str(), b.state.as_str()))
         .collect();
     assert_eq!(states, [("b0", "active"), ("b1", "down")]);
+    let sessions: Vec<u64> = view.services[0]
+        .backends
+        .iter()
+        .map(|b| b.current_sessions)
+        .collect();
+    assert_eq!(sessions, [2, 0]);
     assert_eq!(view.vrrp[0].state, "MASTER");
     assert_eq!(view.vrrp[0].virtual_addresses, [VRRP_VIP]);
     let b1 = &view.services[0].backends[1].check;
@@ -441,6 +654,18 @@ fn status_page_api_and_cli_show_each_backend_and_no_secret() {
         );
         assert!(row.starts_with(backend), "{row:?}");
     }
+    for (backend, sessions) in [("b0", 2), ("b1", 0)] {
+        let row = row_html(&dom, backend).unwrap();
+        assert!(
+            row.contains(&format!("data-sessions=\"{sessions}\">{sessions}<")),
+            "{backend} should show {sessions} current sessions: {row}"
+        );
+    }
+    assert!(
+        dom.contains("2 current sessions")
+            && dom.contains("Sessions: open flows at the last sweep of the connection table"),
+        "{dom}"
+    );
     assert!(dom.contains("VI_obs") && dom.contains("MASTER"), "{dom}");
 
     // `gerbang status` through the control socket: the same, as tables and as JSON.
@@ -458,6 +683,24 @@ fn status_page_api_and_cli_show_each_backend_and_no_secret() {
             "{backend}: {line:?}\n{tables}"
         );
     }
+    for (backend, sessions) in [("b0", "2"), ("b1", "0")] {
+        assert_eq!(
+            cell(
+                &tables,
+                &["SERVICE", "BACKEND"],
+                &["web", backend],
+                "SESSIONS"
+            )
+            .as_deref(),
+            Some(sessions),
+            "{backend}\n{tables}"
+        );
+    }
+    assert_eq!(
+        cell(&tables, &["SERVICE", "LISTEN"], &["web"], "SESSIONS").as_deref(),
+        Some("2"),
+        "{tables}"
+    );
     assert!(
         tables.contains("VI_obs") && tables.contains("MASTER"),
         "{tables}"
@@ -477,6 +720,228 @@ fn status_page_api_and_cli_show_each_backend_and_no_secret() {
         assert!(!text.contains(PASSWORD), "the VRRP password is in {what}");
     }
     s.gerbang.stop().unwrap();
+}
+
+/// A PostgreSQL check with `password`, fast, and the two servers as backends.
+fn pg_service(t: &TwoArm, name: &str, port: u16, lines: &str, password: &str) -> String {
+    let mut text = format!(
+        "\n[[service]]\nname = \"{name}\"\nlisten = \"{}:{port}\"\n{lines}\
+         [service.check]\ntype = \"postgres\"\nuser = \"gerbang\"\npassword = \"{password}\"\n\
+         interval = \"300ms\"\ntimeout = \"900ms\"\nfall = 2\nrise = 2\n",
+        t.vip
+    );
+    for (i, b) in t.backends.iter().enumerate() {
+        text += &format!(
+            "  [[service.backend]]\n  name = \"pg{i}\"\n  address = \"{}:{}\"\n",
+            b.addr,
+            Postgres::PORT
+        );
+    }
+    text
+}
+
+/// A real PostgreSQL primary and its streaming replica behind a replica service: each
+/// backend's role, the replica's lag, and a check refused for its wrong password arrive in
+/// /metrics, the JSON API and `gerbang status`; neither configured password does.
+#[test]
+fn database_roles_and_lag_are_shown_and_their_passwords_never_are() {
+    let t = TwoArm::new(2).unwrap();
+    let scratch = TempDir::new();
+    let (a0, a1) = (t.backends[0].addr, t.backends[1].addr);
+    let primary = Postgres::primary(&t.backends[0].ns, a0, scratch.path(), "pg0").unwrap();
+    primary
+        .psql(&format!(
+            "CREATE ROLE gerbang LOGIN PASSWORD '{DB_PASSWORD}'"
+        ))
+        .unwrap();
+    let _replica =
+        Postgres::replica(&t.backends[1].ns, a1, scratch.path(), "pg1", &primary).unwrap();
+    let config = xdp_dataplane(&t)
+        + &pg_service(
+            &t,
+            "pg-read",
+            6433,
+            "role = \"replica\"\nmax_lag = \"10s\"\n",
+            DB_PASSWORD,
+        )
+        + &pg_service(&t, "pg-badpass", 6434, "", WRONG_DB_PASSWORD);
+    let gerbang = InProcess::start(&t.lb, &config).unwrap();
+    let http = gerbang.http_address().unwrap();
+    let s = Scenario {
+        gerbang,
+        servers: Vec::new(),
+        http,
+        t,
+    };
+
+    let read = |backend| [("service", "pg-read"), ("backend", backend)];
+    let badpass = [("service", "pg-badpass"), ("backend", "pg0")];
+    let scrape = wait_until(Duration::from_secs(20), || {
+        let scrape = s.scrape();
+        let roles = [("pg0", "primary"), ("pg1", "replica")].map(|(backend, role)| {
+            let [service, backend] = read(backend);
+            scrape.value(
+                "gerbang_server_db_role",
+                &[service, backend, ("role", role)],
+            )
+        });
+        let refused = scrape.value("gerbang_server_status", &badpass);
+        (roles == [Some(1.0); 2] && refused == Some(0.0))
+            .then_some(scrape)
+            .ok_or_else(|| anyhow!("roles {roles:?}, pg-badpass/pg0 status {refused:?}"))
+    })
+    .unwrap();
+    let lag = scrape
+        .value("gerbang_server_replication_lag_seconds", &read("pg1"))
+        .expect("the replica's lag");
+    assert!((0.0..10.0).contains(&lag), "{lag}");
+    assert_eq!(
+        scrape.value("gerbang_server_status", &read("pg1")),
+        Some(1.0)
+    );
+    let l7rsp = [badpass[0], badpass[1], ("state", "L7RSP")];
+    assert_eq!(
+        scrape.value("gerbang_server_check_status", &l7rsp),
+        Some(1.0)
+    );
+
+    let json = s.get("/api/status");
+    let view = StatusView::from_json(&json).unwrap();
+    let roles: Vec<(&str, Option<&str>)> = view.services[0]
+        .backends
+        .iter()
+        .map(|b| (b.name.as_str(), b.db_role.as_deref()))
+        .collect();
+    assert_eq!(roles, [("pg0", Some("primary")), ("pg1", Some("replica"))]);
+    assert!(
+        view.services[0].backends[1]
+            .replication_lag_seconds
+            .is_some()
+    );
+    let refused = view.services[1].backends[0].check.last_result.as_deref();
+    assert!(
+        refused.is_some_and(|r| r.contains("password authentication failed")),
+        "{refused:?}"
+    );
+
+    let socket = control_socket(&s);
+    let tables = run_binary(&["status", "--socket", &socket]).unwrap();
+    for (backend, role) in [("pg0", "primary"), ("pg1", "replica")] {
+        assert_eq!(
+            cell(
+                &tables,
+                &["SERVICE", "BACKEND"],
+                &["pg-read", backend],
+                "DB ROLE"
+            )
+            .as_deref(),
+            Some(role),
+            "{tables}"
+        );
+    }
+    let cli_json = run_binary(&["status", "--socket", &socket, "--json"]).unwrap();
+    for (what, text) in [
+        ("/metrics", &scrape.text),
+        ("the JSON API", &json),
+        ("gerbang status", &tables),
+        ("gerbang status --json", &cli_json),
+    ] {
+        for password in [DB_PASSWORD, WRONG_DB_PASSWORD] {
+            assert!(!text.contains(password), "a database password is in {what}");
+        }
+    }
+    s.gerbang.stop().unwrap();
+}
+
+/// The binary as an operator runs it with `--log-format json`: every line it logs is a JSON
+/// object, none holds the database password, and without `[http] listen` the status page
+/// and metrics are on 127.0.0.1:8404, not reachable from the network.
+#[test]
+fn the_binary_logs_json_and_serves_on_loopback_by_default() {
+    let t = TwoArm::new(1).unwrap();
+    let b = &t.backends[0];
+    let _server = HttpBackend::start(&b.ns, SocketAddrV4::new(b.addr, HTTP), "b0").unwrap();
+    // A database nobody runs: its check fails and says why, in the log too.
+    let config = xdp_dataplane(&t)
+        + &web_service(&t)
+        + &format!(
+            "\n[[service]]\nname = \"db\"\nlisten = \"{}:5432\"\n\
+             [service.check]\ntype = \"postgres\"\nuser = \"gerbang\"\n\
+             password = \"{DB_PASSWORD}\"\ninterval = \"200ms\"\n\
+             [[service.backend]]\nname = \"db0\"\naddress = \"{}:5432\"\n\
+             \n[http]\nenabled = true\n",
+            t.vip, b.addr
+        );
+    let dir = TempDir::new();
+    let path = dir.write("gerbang.toml", &isolate(&config));
+    let log = dir.path().join("gerbang.log");
+    let mut process =
+        t.lb.spawn(
+            &Cmd::new(binary())
+                .args(["--log-format", "json", "run", "--config"])
+                .arg(&path)
+                .log_to(&log),
+        )
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    let default = "http://127.0.0.1:8404";
+    let scrape = wait_until(WAIT, || {
+        let scrape = Scrape::parse(curl(&t.lb, &format!("{default}/metrics"))?)?;
+        let db0 = [("service", "db"), ("backend", "db0")];
+        let status = scrape.value("gerbang_server_status", &db0);
+        (status == Some(0.0))
+            .then_some(scrape)
+            .ok_or_else(|| anyhow!("db0 is {status:?}"))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", read_log()));
+    assert_eq!(
+        scrape.value(
+            "gerbang_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    for address in [t.lb_client_addr, t.vip] {
+        let target = SocketAddr::from((address, 8404));
+        let connected = t
+            .client
+            .run(|| TcpStream::connect_timeout(&target, Duration::from_secs(2)))
+            .unwrap();
+        assert!(
+            connected.is_err(),
+            "the status page answers the network on {target}"
+        );
+    }
+
+    let status = process.terminate().unwrap();
+    let output = read_log();
+    assert!(status.success(), "{status:?}\n{output}");
+    let mut messages = Vec::new();
+    for line in output.lines().filter(|line| !line.trim().is_empty()) {
+        let entry: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|err| panic!("a log line that is not JSON ({err}): {line:?}"));
+        assert!(
+            entry["timestamp"].is_string() && entry["level"].is_string(),
+            "{line}"
+        );
+        let message = entry["fields"]["message"].as_str();
+        messages.push(
+            message
+                .unwrap_or_else(|| panic!("no message: {line}"))
+                .to_owned(),
+        );
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains(&format!("status page on {default}/"))),
+        "{output}"
+    );
+    assert!(
+        output.contains("db0") && !output.contains(DB_PASSWORD),
+        "the database password is in the log, or db0 is not:\n{output}"
+    );
 }
 
 /// (service, backend, state, admin state) of every backend: what two snapshots taken a
@@ -543,11 +1008,33 @@ fn chromium(s: &Scenario, name: &str) -> Result<String> {
     Ok(dom)
 }
 
-/// The visible text of the table row of `backend`, cells separated by spaces.
-fn row_text(dom: &str, backend: &str) -> Option<String> {
+/// The HTML inside the table row of `backend`.
+fn row_html<'d>(dom: &'d str, backend: &str) -> Option<&'d str> {
     let start = dom.find(&format!("data-backend=\"{backend}\""))?;
     let row = &dom[start..];
-    let row = &row[row.find('>')? + 1..row.find("</tr>")?];
+    Some(&row[row.find('>')? + 1..row.find("</tr>")?])
+}
+
+/// The cell of `column` in the row whose first words are `row`, in the table of `gerbang
+/// status` whose header starts with `header`: columns are padded to line up, so the cell
+/// starts where its header does.
+fn cell(tables: &str, header: &[&str], row: &[&str], column: &str) -> Option<String> {
+    let starts = |line: &str, words: &[&str]| {
+        line.split_whitespace()
+            .take(words.len())
+            .eq(words.iter().copied())
+    };
+    let mut lines = tables.lines().skip_while(|line| !starts(line, header));
+    let at = lines.next()?.find(column)?;
+    let line = lines
+        .take_while(|line| !line.trim().is_empty())
+        .find(|line| starts(line, row))?;
+    Some(line.get(at..)?.split_whitespace().next()?.to_owned())
+}
+
+/// The visible text of the table row of `backend`, cells separated by spaces.
+fn row_text(dom: &str, backend: &str) -> Option<String> {
+    let row = row_html(dom, backend)?;
     let mut text = String::new();
     let mut in_tag = false;
     for c in row.chars() {

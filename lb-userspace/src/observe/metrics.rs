@@ -97,7 +97,8 @@ impl Collector for Snapshot {
         )?;
         out.gauge(
             "gerbang_flow_table_entries",
-            "Live flows in the connection table at its last sweep.",
+            "Live flows in the connection table at its last sweep (closing ones included); \
+             in the userspace proxy, its open connections and UDP sessions.",
             [(vec![], int(view.flows.live))],
         )?;
         out.gauge(
@@ -160,6 +161,15 @@ impl Snapshot {
                 }),
             )?;
         }
+        out.gauge(
+            "gerbang_backend_current_sessions",
+            "Current sessions of the service: with XDP, its open flows (TCP before a RST or \
+             FINs both ways, UDP while live) at the last sweep of the connection table; in \
+             the userspace proxy, its open connections and UDP sessions now.",
+            services
+                .iter()
+                .map(|s| (labels(&s.name), int(s.current_sessions))),
+        )?;
         out.traffic(
             "gerbang_backend",
             "the service",
@@ -194,6 +204,15 @@ impl Snapshot {
             backends
                 .iter()
                 .map(|(labels, b)| (labels.clone(), i64::from(b.weight))),
+        )?;
+        out.gauge(
+            "gerbang_server_current_sessions",
+            "Current sessions of the backend: with XDP, open flows pinned to it at the last \
+             sweep of the connection table; in the userspace proxy, connections and UDP \
+             sessions established with it now.",
+            backends
+                .iter()
+                .map(|(labels, b)| (labels.clone(), int(b.current_sessions))),
         )?;
         out.gauge(
             "gerbang_server_check_status",
@@ -524,6 +543,7 @@ mod tests {
                 checks: 10,
                 failures: 3,
             },
+            current_sessions: 4,
             traffic: TrafficView {
                 new_flows: 7,
                 packets_in: 70,
@@ -581,6 +601,7 @@ mod tests {
                 live: true,
                 vrrp: None,
                 active_backends: 1,
+                current_sessions: 9,
                 traffic: TrafficView::default(),
                 backends: vec![
                     backend("a", "active", "ready"),
@@ -610,6 +631,8 @@ mod tests {
             "gerbang_server_check_status{service=\"web\",backend=\"b\",state=\"L7STS\"} 1",
             "gerbang_server_check_status{service=\"web\",backend=\"b\",state=\"L7OK\"} 0",
             "gerbang_server_sessions_total{service=\"web\",backend=\"a\"} 7",
+            "gerbang_server_current_sessions{service=\"web\",backend=\"a\"} 4",
+            "gerbang_backend_current_sessions{service=\"web\"} 9",
             "gerbang_server_check_failures_total{service=\"web\",backend=\"a\"} 3",
             "gerbang_backend_active_servers{service=\"web\"} 1",
             "gerbang_backend_status{service=\"web\"} 1",

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::view::{BackendView, StatusView};
 
 /// The status as plain-text tables: the node, its VRRP instances, its services, and every
-/// backend with its state and last check.
+/// backend with its state, last check and current sessions.
 pub fn render(view: &StatusView) -> String {
     let mut out = String::new();
     let attachments: Vec<String> = view
@@ -66,6 +66,7 @@ pub fn render(view: &StatusView) -> String {
         "LIVE",
         "VRRP",
         "ACTIVE",
+        "SESSIONS",
         "NEW FLOWS",
         "DROPS",
     ]);
@@ -78,6 +79,7 @@ pub fn render(view: &StatusView) -> String {
                 .as_ref()
                 .map_or_else(|| "-".to_owned(), |v| format!("{} {}", v.instance, v.state)),
             format!("{} of {}", s.active_backends, s.backends.len()),
+            s.current_sessions.to_string(),
             s.traffic.new_flows.to_string(),
             s.traffic.drops.to_string(),
         ]);
@@ -94,6 +96,7 @@ pub fn render(view: &StatusView) -> String {
         "WEIGHT",
         "CHECK",
         "LAST RESULT",
+        "SESSIONS",
         "NEW FLOWS",
         "DB ROLE",
         "LAG",
@@ -112,6 +115,7 @@ pub fn render(view: &StatusView) -> String {
                     .clone()
                     .unwrap_or_else(|| b.check.kind.clone()),
                 last_result(b),
+                b.current_sessions.to_string(),
                 b.traffic.new_flows.to_string(),
                 b.db_role.clone().unwrap_or_else(|| "-".to_owned()),
                 b.replication_lag_seconds
@@ -121,6 +125,9 @@ pub fn render(view: &StatusView) -> String {
     }
     out.push('\n');
     out += &backends.render();
+    if view.dataplane.mode == "xdp" {
+        out += "\nSESSIONS: open flows at the last sweep of the connection table.\n";
+    }
     out
 }
 

@@ -59,7 +59,10 @@ pub struct AttachmentView {
 /// The connection table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlowsView {
-    /// Live flows at the last sweep.
+    /// With XDP, live flows at the last sweep of the connection table (closing ones
+    /// included); the userspace proxy, which has no such table, counts its open
+    /// connections and UDP sessions (each service's UDP sessions are bounded by
+    /// `table_size`).
     pub live: u64,
     pub table_size: u32,
 }
@@ -111,6 +114,11 @@ pub struct ServiceView {
     pub vrrp: Option<VipHolder>,
     /// Backends taking new flows.
     pub active_backends: usize,
+    /// HAProxy's current sessions: with XDP, the service's open flows (TCP before a RST or
+    /// FINs both ways, UDP while live) at the last sweep of the connection table; in the
+    /// userspace proxy, its open connections and UDP sessions now. 0 while not live here.
+    #[serde(default)]
+    pub current_sessions: u64,
     pub traffic: TrafficView,
     pub backends: Vec<BackendView>,
 }
@@ -135,6 +143,10 @@ pub struct BackendView {
     /// `"ready"`, `"drain"` or `"maint"`, as the operator set it.
     pub admin: String,
     pub check: CheckView,
+    /// As [`ServiceView::current_sessions`], of the flows pinned to this backend (in the
+    /// proxy: established with it).
+    #[serde(default)]
+    pub current_sessions: u64,
     pub traffic: TrafficView,
     /// For a database with a role check: `"primary"`, `"replica"` or `"galera member"`;
     /// `null` for other checks and until the first answer.
@@ -194,7 +206,16 @@ impl StatusView {
                     .collect(),
             },
             flows: FlowsView {
-                live: status.flows.live as u64,
+                live: if status.dataplane == "userspace" {
+                    status
+                        .traffic
+                        .services
+                        .iter()
+                        .map(|s| s.current_sessions)
+                        .sum()
+                } else {
+                    status.flows.live as u64
+                },
                 table_size: status.flow_table_size,
             },
             updates: UpdatesView {
@@ -296,6 +317,7 @@ fn service_view(status: &Status, service: &ServiceConfig) -> ServiceView {
             let key = (service.name.clone(), backend.name.clone());
             let planned = plan.and_then(|p| p.backends.iter().find(|b| b.name == backend.name));
             let health = status.health.iter().find(|h| h.key == key);
+            let backend_traffic = traffic.and_then(|t| t.backend(&backend.name));
             let state = match (planned, health) {
                 (Some(planned), _) => planned.state,
                 // Not live here: it takes nothing, but whether it is down still matters.
@@ -310,8 +332,8 @@ fn service_view(status: &Status, service: &ServiceConfig) -> ServiceView {
                 state: state_word(state).to_owned(),
                 admin: admin_word(status.admin.get(&key).copied().unwrap_or_default()).to_owned(),
                 check: check_view(&backend.check.kind, health),
-                traffic: traffic
-                    .and_then(|t| t.backend(&backend.name))
+                current_sessions: backend_traffic.map_or(0, |b| b.current_sessions),
+                traffic: backend_traffic
                     .map_or_else(TrafficView::default, |b| traffic_view(&b.counters)),
                 db_role: health.and_then(|h| Some(h.role?.role.as_str().to_owned())),
                 replication_lag_seconds: health.and_then(|h| Some(h.lag?.as_secs_f64())),
@@ -325,6 +347,7 @@ fn service_view(status: &Status, service: &ServiceConfig) -> ServiceView {
         live: plan.is_some(),
         vrrp,
         active_backends: backends.iter().filter(|b| b.state == "active").count(),
+        current_sessions: traffic.map_or(0, |t| t.current_sessions),
         traffic: traffic.map_or_else(TrafficView::default, |t| traffic_view(&t.counters)),
         backends,
     }

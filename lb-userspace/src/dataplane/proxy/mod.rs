@@ -29,7 +29,9 @@
 //!   and cut connections, and UDP datagrams to or from it that were dropped.
 //!
 //! The proxy has no packet events: the report's `events` is empty. Current connections
-//! and sessions are in [`ProxyDataplane::active`].
+//! and sessions are the report's `current_sessions` (per service: open connections,
+//! counted from accept, and UDP sessions; per backend: those established with it), read
+//! when asked, and in [`ProxyDataplane::active`].
 //!
 //! # Footprint
 //!
@@ -231,6 +233,7 @@ impl ProxyDataplane {
             .map(|service| ServiceTraffic {
                 name: service.name.clone(),
                 counters: service.counters.snapshot(),
+                current_sessions: service.current.load(Relaxed),
                 backends: service
                     .backends()
                     .iter()
@@ -238,6 +241,7 @@ impl ProxyDataplane {
                         name: backend.name.clone(),
                         address: backend.address,
                         counters: backend.counters.snapshot(),
+                        current_sessions: backend.current.load(Relaxed),
                     })
                     .collect(),
             })

@@ -6,8 +6,8 @@
 //! next hops, so each can run on its own schedule without locks.
 
 mod attach;
-mod debug_log;
 mod counters;
+mod debug_log;
 mod ids;
 mod nexthop;
 mod pin;
@@ -31,9 +31,9 @@ pub use self::{
     attach::{Attachment, interface_index, mode_name},
     nexthop::NextHopResolver,
     pin::PinDir,
-    sweeper::{FlowSweeper, SweepReport},
+    sweeper::{FlowSweeper, Sessions, SweepReport},
 };
-use self::{counters::CounterMaps, pin::PINNED_MAPS, tables::Tables};
+use self::{counters::CounterMaps, pin::PINNED_MAPS, sweeper::SharedSessions, tables::Tables};
 use crate::{
     config::{AttachMode, DataplaneConfig, FlowTimeouts},
     dataplane::{Dataplane, Plan},
@@ -51,6 +51,8 @@ pub struct XdpDataplane {
     devices: DevMapHash<MapData>,
     attachments: Vec<Attachment>,
     pins: Option<PinDir>,
+    /// Open flows per service and backend at the [`FlowSweeper`]'s last sweep.
+    sessions: SharedSessions,
     /// Forwards the program's debug logs while `dataplane.xdp_log_rate` asks for them.
     _log_reader: Option<debug_log::LogReader>,
     /// Owns the program and its links; declared last so it is dropped last.
@@ -75,6 +77,10 @@ pub struct TrafficReport {
 pub struct ServiceTraffic {
     pub name: String,
     pub counters: TrafficCounters,
+    /// HAProxy's current sessions: open flows of the service in the XDP connection table
+    /// at its last sweep (see [`Sessions`]); open connections and UDP sessions in the
+    /// proxy, now.
+    pub current_sessions: u64,
     pub backends: Vec<BackendTraffic>,
 }
 
@@ -83,6 +89,9 @@ pub struct BackendTraffic {
     pub name: String,
     pub address: SocketAddrV4,
     pub counters: TrafficCounters,
+    /// As [`ServiceTraffic::current_sessions`], for flows pinned to this backend (in the
+    /// proxy: established with it).
+    pub current_sessions: u64,
 }
 
 impl TrafficReport {
@@ -170,8 +179,13 @@ impl XdpDataplane {
                 "took over the maps of the previous run: flows carry on"
             );
         }
+        let sessions = SharedSessions::default();
         let background = BackgroundMaps {
-            sweeper: FlowSweeper::new(flows, take_map(&mut ebpf, map_names::NAT_RETURN)?),
+            sweeper: FlowSweeper::new(
+                flows,
+                take_map(&mut ebpf, map_names::NAT_RETURN)?,
+                sessions.clone(),
+            ),
             next_hops: take_map(&mut ebpf, map_names::NEXT_HOPS)?,
         };
         let dataplane = Self {
@@ -180,6 +194,7 @@ impl XdpDataplane {
             devices: take_map(&mut ebpf, map_names::DEVICES)?,
             attachments: Vec::new(),
             pins,
+            sessions,
             _log_reader: log_reader,
             ebpf,
         };
@@ -285,6 +300,7 @@ impl XdpDataplane {
             devices,
             attachments,
             pins,
+            sessions: _,
             _log_reader,
             ebpf,
         } = self;
@@ -298,9 +314,15 @@ impl XdpDataplane {
         Ok(())
     }
 
-    /// The counters of every installed service and backend, summed over CPUs.
+    /// The counters of every installed service and backend, summed over CPUs, and their
+    /// current sessions as of the last sweep.
     pub fn traffic(&self) -> Result<TrafficReport> {
         let counters = self.tables.counters();
+        let sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
         let services = self
             .tables
             .installed()
@@ -314,11 +336,13 @@ impl XdpDataplane {
                             name: name.clone(),
                             address: *address,
                             counters: counters.backend(*id)?,
+                            current_sessions: sessions.backend(*id),
                         })
                     })
                     .collect::<Result<_>>()?;
                 Ok(ServiceTraffic {
                     counters: counters.service(service.id)?,
+                    current_sessions: sessions.service(service.id),
                     name: service.name,
                     backends,
                 })

@@ -4,12 +4,23 @@
 //! this sweep. It frees their SNAT ports (a port stays taken while its `NAT_RETURN` entry
 //! exists) and keeps the live-flow count honest. It also removes `NAT_RETURN` entries whose
 //! client flow the LRU evicted.
+//!
+//! Since it reads every flow anyway, the sweep also counts the open ones per service and
+//! backend ([`Sessions`]): HAProxy's "current sessions", as of the last sweep, at no cost
+//! to the packet path.
 
-use std::time::Duration;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData, MapError};
-use lb_common::{Flow, FlowKey, Timeouts};
+use lb_common::{
+    Flow, FlowKey, PROTO_TCP, Timeouts,
+    flow::{FLOW_FIN_FROM_BACKEND, FLOW_FIN_FROM_CLIENT, FLOW_RST},
+};
 use nix::time::{ClockId, clock_gettime};
 
 /// Margin added to every timeout: a flow a packet is refreshing right now must not be
@@ -19,6 +30,42 @@ const SWEEP_MARGIN: Duration = Duration::from_secs(1);
 pub struct FlowSweeper {
     flows: HashMap<MapData, FlowKey, Flow>,
     nat_return: HashMap<MapData, FlowKey, FlowKey>,
+    sessions: SharedSessions,
+}
+
+/// Open flows per service id and per backend id, as the last sweep counted them: live
+/// (not idle past their timeout) and, for TCP, not closing (no RST, not FINs both ways).
+/// A flow the XDP program has just created counts from the next sweep on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sessions {
+    pub services: BTreeMap<u32, u64>,
+    pub backends: BTreeMap<u32, u64>,
+}
+
+impl Sessions {
+    pub fn service(&self, id: u32) -> u64 {
+        self.services.get(&id).copied().unwrap_or(0)
+    }
+
+    pub fn backend(&self, id: u32) -> u64 {
+        self.backends.get(&id).copied().unwrap_or(0)
+    }
+
+    fn count(&mut self, flow: &Flow) {
+        *self.services.entry(flow.service_id).or_default() += 1;
+        *self.backends.entry(flow.backend_id).or_default() += 1;
+    }
+}
+
+/// The last sweep's [`Sessions`]: written by the sweeper, read by
+/// [`super::XdpDataplane::traffic`].
+pub type SharedSessions = Arc<Mutex<Sessions>>;
+
+/// Whether a live flow is still a session: TCP until a RST or FINs both ways, UDP while
+/// live.
+fn is_open(proto: u8, flags: u64) -> bool {
+    let both_fins = FLOW_FIN_FROM_CLIENT | FLOW_FIN_FROM_BACKEND;
+    proto != PROTO_TCP || (flags & FLOW_RST == 0 && flags & both_fins != both_fins)
 }
 
 /// What one sweep found.
@@ -31,17 +78,25 @@ pub struct SweepReport {
 }
 
 impl FlowSweeper {
+    /// A sweeper publishing what it counts to `sessions`.
     pub fn new(
         flows: HashMap<MapData, FlowKey, Flow>,
         nat_return: HashMap<MapData, FlowKey, FlowKey>,
+        sessions: SharedSessions,
     ) -> Self {
-        Self { flows, nat_return }
+        Self {
+            flows,
+            nat_return,
+            sessions,
+        }
     }
 
     /// Removes the flows idle for longer than `timeouts` allow (the same timeouts the XDP
-    /// program applies), and return entries left without their flow.
+    /// program applies), and return entries left without their flow; counts the open
+    /// flows left (see [`Sessions`]).
     pub fn sweep(&mut self, timeouts: &Timeouts) -> Result<SweepReport> {
         let mut report = SweepReport::default();
+        let mut sessions = Sessions::default();
         let now = monotonic_ns()?;
         let margin = SWEEP_MARGIN.as_nanos() as u64;
 
@@ -58,6 +113,9 @@ impl FlowSweeper {
             );
             if !expired {
                 report.live += 1;
+                if is_open(key.proto, flow.flags) {
+                    sessions.count(&flow);
+                }
                 continue;
             }
             let return_key = flow.return_key(key.proto);
@@ -79,6 +137,10 @@ impl FlowSweeper {
                 report.orphans += 1;
             }
         }
+        *self
+            .sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = sessions;
         Ok(report)
     }
 }
@@ -99,5 +161,25 @@ fn ignore_missing<T>(result: Result<T, MapError>) -> Result<Option<T>> {
             Ok(None)
         }
         Err(err) => Err(err.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{PROTO_UDP, flow::FLOW_REPLY_SEEN};
+
+    use super::*;
+
+    #[test]
+    fn closing_tcp_flows_are_not_sessions() {
+        assert!(is_open(PROTO_TCP, 0), "a SYN sent, not answered yet");
+        assert!(is_open(PROTO_TCP, FLOW_REPLY_SEEN));
+        assert!(is_open(PROTO_TCP, FLOW_REPLY_SEEN | FLOW_FIN_FROM_CLIENT));
+        assert!(!is_open(
+            PROTO_TCP,
+            FLOW_REPLY_SEEN | FLOW_FIN_FROM_CLIENT | FLOW_FIN_FROM_BACKEND
+        ));
+        assert!(!is_open(PROTO_TCP, FLOW_REPLY_SEEN | FLOW_RST));
+        assert!(is_open(PROTO_UDP, 0));
     }
 }
