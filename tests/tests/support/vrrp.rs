@@ -117,6 +117,15 @@ impl Lan {
         ns.ip(["-4", "addr", "flush", "dev", IFACE]).unwrap();
     }
 
+    /// Takes `node` away for good, as a host that vanished: everything running in its
+    /// namespace is killed (SIGKILL) and the namespace deleted, and with it its end of the
+    /// LAN. An empty namespace takes its place, so the other nodes keep their numbers.
+    pub fn vanish(&mut self, node: usize) -> Result<()> {
+        let empty = quiet_netns(&format!("gone{node}"))?;
+        drop(std::mem::replace(&mut self.nodes[node].ns, empty));
+        Ok(())
+    }
+
     /// Brings `node` back after [`Lan::power_off`], with its own address only.
     pub fn power_on(&self, node: usize) {
         let ns = self.ns(node);

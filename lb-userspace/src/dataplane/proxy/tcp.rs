@@ -28,8 +28,13 @@ use super::{
     state::{Activity, Occupancy, Pick, Service},
 };
 
-/// How long a backend may take to accept a connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a backend may take to accept a connection: long enough for lost SYNs to be
+/// sent again, as HAProxy advises for `timeout connect`. A lost SYN goes again after 1 s,
+/// then every second (`tcp_syn_linear_timeouts`) or doubling, so 3.5 s lets three or four
+/// out. At 2 s only two went out, and on a link losing a fifth of its packets each way
+/// about one client connection in sixty was reset that the XDP path, which leaves the
+/// retries to the client's own TCP, delivers (tests/tests/faults.rs).
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(3500);
 /// Pause after `accept` fails for lack of descriptors or memory, so the loop does not
 /// spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
