@@ -34,7 +34,10 @@ pub fn to_backend(ctx: &XdpContext, pkt: &Parsed, service: &Service) -> Event {
     let timeouts = timeouts();
 
     let flow = match FLOWS.get_ptr_mut(key) {
-        Some(existing) if is_live(unsafe { &*existing }, pkt, &timeouts, now) => {
+        Some(existing)
+            if is_live(unsafe { &*existing }, pkt, &timeouts, now)
+                && !(opens_a_flow(pkt) && backend_cut(unsafe { (*existing).backend_id })) =>
+        {
             let existing = unsafe { &mut *existing };
             if backend_cut(existing.backend_id) {
                 let flow = *existing;
@@ -151,6 +154,15 @@ fn backend_cut(backend_id: u32) -> bool {
 #[inline(always)]
 fn is_new_syn(pkt: &Parsed) -> bool {
     pkt.has_tcp_flag(TCP_SYN) && !pkt.has_tcp_flag(TCP_ACK)
+}
+
+/// Whether the packet could start a flow: a datagram, or a SYN. One that arrives on a flow
+/// whose backend was cut starts a new flow on a live backend instead of being turned away:
+/// a client retrying from the same port after an unanswered attempt, or a UDP client,
+/// loses nothing it did not have to.
+#[inline(always)]
+fn opens_a_flow(pkt: &Parsed) -> bool {
+    pkt.proto != PROTO_TCP || is_new_syn(pkt)
 }
 
 #[inline(always)]

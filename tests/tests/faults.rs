@@ -14,10 +14,9 @@
 //!   reaches the replica, and writes succeed again once it is promoted.
 //!
 //! Each runs on both data planes where that means something (the proxy's connections die
-//! with the controller, so the restart is XDP's alone). One scenario found a bug the XDP
-//! program still has, a client port reused after an unanswered attempt: its test is
-//! ignored until the program is fixed (see
-//! `xdp_a_source_port_reused_after_an_unanswered_attempt_is_served`).
+//! with the controller, so the restart is XDP's alone). One scenario found a bug in the XDP
+//! program, a client port reused after an unanswered attempt, now fixed and kept as
+//! `xdp_a_source_port_reused_after_an_unanswered_attempt_is_served`.
 //!
 //! Timing is asserted only against the documented windows (health checks:
 //! [`Check::fall_window`]; VRRP: the master-down interval) plus [`MARGIN`]. The measured
@@ -507,14 +506,11 @@ fn backend_fault(mode: Mode, fault: Fault) {
 /// seconds): it should be served by another backend. XDP only: the proxy terminates the
 /// client's connection, and the client's port then sits in TIME_WAIT.
 ///
-/// It is reset instead. The abandoned attempt left a flow to the failed backend that saw
-/// no reply and no FIN or RST, so the XDP program takes the new SYN for that flow and,
-/// the backend being DOWN, answers it with the cut flows' RST (`to_backend` in
-/// `lb-ebpf/src/flow.rs`: `is_live` only lets a SYN start afresh after a FIN or RST). A
-/// SYN is never the continuation of a cut flow: it should retire the flow and be
-/// scheduled anew. Left to the XDP program's owners, with its model in `xdp_fuzz.rs`.
+/// The abandoned attempt left a flow to the failed backend that saw no reply and no FIN
+/// or RST; the program used to take the new SYN for that flow and answer it with the cut
+/// flows' RST. A SYN is never the continuation of a cut flow: it retires the flow and is
+/// scheduled anew (`to_backend` in `lb-ebpf/src/flow.rs`).
 #[test]
-#[ignore = "XDP bug: a SYN reusing an unanswered flow to a DOWN backend is reset (lb-ebpf/src/flow.rs)"]
 fn xdp_a_source_port_reused_after_an_unanswered_attempt_is_served() {
     let t = TwoArm::new(2).unwrap();
     let _servers: Vec<HttpBackend> = t

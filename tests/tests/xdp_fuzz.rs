@@ -825,9 +825,11 @@ impl Model {
         let key = pkt.tuple();
         let flags = client_flags(pkt);
         let existing = self.flows.get(&key).cloned();
-        let live = existing
-            .as_ref()
-            .is_some_and(|f| !(pkt.new_syn() && f.closed()));
+        // A SYN or a datagram on a flow whose backend failed starts a new flow instead.
+        let live = existing.as_ref().is_some_and(|f| {
+            !(pkt.new_syn() && f.closed())
+                && !(self.failed[f.backend] && (!pkt.tcp() || pkt.new_syn()))
+        });
 
         let (flow, new) = if let Some(flow) = existing.filter(|_| live) {
             if self.failed[flow.backend] {
