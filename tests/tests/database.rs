@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Result, anyhow, bail};
 use gerbang::dataplane::{BackendState, ServicePlan};
-use gerbang_testbed::{HttpBackend, TwoArm, http_get};
+use gerbang_testbed::{HttpBackend, TwoArm, curl, http_get};
 use mysql_async::prelude::Queryable as _;
 use support::{
     db::{Fake, FakeServer, MARIADB_PASSWORD, Mariadb, PG_PASSWORD, Postgres},
@@ -359,6 +359,20 @@ fn two_primaries_stop_the_write_service() {
         Some("pg1, pg2 claim to be the primary")
     );
     assert!(plan.backends.iter().all(|b| b.state == BackendState::Down));
+    // Exposed where an operator looks: the metrics and the status API.
+    let http = gerbang.http_address().unwrap();
+    let metrics = curl(&t.lb, &format!("http://{http}/metrics")).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "gerbang_backend_primary_conflict{service=\"pg-write\"} 1"),
+        "{metrics}"
+    );
+    let api = curl(&t.lb, &format!("http://{http}/api/status")).unwrap();
+    assert!(
+        api.contains("\"primary_conflict\":\"pg1, pg2 claim to be the primary\""),
+        "{api}"
+    );
     t.client
         .run(|| {
             let client = Client::new(t.vip);

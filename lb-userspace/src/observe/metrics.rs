@@ -129,6 +129,14 @@ impl Snapshot {
             }),
         )?;
         out.gauge(
+            "gerbang_backend_primary_conflict",
+            "1 while a role = \"primary\" service refuses new flows because more than one \
+             backend claims to be the primary, else 0.",
+            services
+                .iter()
+                .map(|s| (labels(&s.name), i64::from(s.primary_conflict.is_some()))),
+        )?;
+        out.gauge(
             "gerbang_backend_live",
             "1 while this node forwards the service: it holds the service's VIP (VRRP \
              master) or the VIP is not VRRP-managed.",
@@ -600,6 +608,8 @@ mod tests {
                 protocol: "tcp".into(),
                 live: true,
                 vrrp: None,
+                role: "primary".into(),
+                primary_conflict: Some("a, b claim to be the primary".into()),
                 active_backends: 1,
                 current_sessions: 9,
                 traffic: TrafficView::default(),
@@ -635,6 +645,7 @@ mod tests {
             "gerbang_backend_current_sessions{service=\"web\"} 9",
             "gerbang_server_check_failures_total{service=\"web\",backend=\"a\"} 3",
             "gerbang_backend_active_servers{service=\"web\"} 1",
+            "gerbang_backend_primary_conflict{service=\"web\"} 1",
             "gerbang_backend_status{service=\"web\"} 1",
             "gerbang_vrrp_state{iname=\"VI_1\",intf=\"eth0\",vrid=\"51\",ip_address=\"192.0.2.10/24\"} 2",
             "gerbang_vrrp_dropped_packets_total{iname=\"VI_1\",intf=\"eth0\",vrid=\"51\",reason=\"auth\"} 2",

@@ -86,6 +86,14 @@ pub fn render(view: &StatusView) -> String {
     }
     out.push('\n');
     out += &services.render();
+    for s in &view.services {
+        if let Some(conflict) = &s.primary_conflict {
+            out += &format!(
+                "{}: NO PRIMARY: {conflict}; new flows are refused\n",
+                s.name
+            );
+        }
+    }
 
     let mut backends = Table::new([
         "SERVICE",

@@ -112,6 +112,13 @@ pub struct ServiceView {
     pub live: bool,
     /// The VRRP instance managing its VIP, if one does.
     pub vrrp: Option<VipHolder>,
+    /// `"any"`, or `"primary"` / `"replica"` for the services of a replicated database.
+    #[serde(default)]
+    pub role: String,
+    /// Why a `role = "primary"` service refuses new flows although backends are up: more
+    /// than one claims to be the primary.
+    #[serde(default)]
+    pub primary_conflict: Option<String>,
     /// Backends taking new flows.
     pub active_backends: usize,
     /// HAProxy's current sessions: with XDP, the service's open flows (TCP before a RST or
@@ -346,6 +353,8 @@ fn service_view(status: &Status, service: &ServiceConfig) -> ServiceView {
         protocol: service.protocol.as_str().to_owned(),
         live: plan.is_some(),
         vrrp,
+        role: service.role.as_str().to_owned(),
+        primary_conflict: plan.and_then(|p| p.conflict.clone()),
         active_backends: backends.iter().filter(|b| b.state == "active").count(),
         current_sessions: traffic.map_or(0, |t| t.current_sessions),
         traffic: traffic.map_or_else(TrafficView::default, |t| traffic_view(&t.counters)),
