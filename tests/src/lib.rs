@@ -6,7 +6,8 @@
 //! [`TcpStreamServer`], or any program through [`Netns::spawn`]) and sends real traffic
 //! from clients inside them ([`http_get`], [`curl`], [`udp_request`], [`TcpStreamClient`]).
 //! Everything a topology creates is torn down when it is dropped, also while a failing
-//! test unwinds.
+//! test unwinds. Real PostgreSQL servers, a primary and its streaming replicas, run in
+//! them too ([`Postgres`]).
 //!
 //! The topologies are prepared for an XDP program on the load balancer's interfaces:
 //! senders compute full checksums (TX checksum offload off) and the far ends of the load
@@ -26,6 +27,7 @@
 pub mod clients;
 pub mod link;
 pub mod netns;
+pub mod postgres;
 pub mod process;
 pub mod servers;
 pub mod topology;
@@ -33,6 +35,7 @@ pub mod xdp;
 
 pub use clients::{TcpStreamClient, curl, http_get, http_get_many, udp_request};
 pub use netns::{Netns, NsThread, remove_stale};
+pub use postgres::Postgres;
 pub use process::{ChildGuard, Cmd};
 pub use servers::{HttpBackend, TcpStreamServer, UdpEcho};
 pub use topology::{Backend, OneArm, TwoArm};

@@ -5,19 +5,26 @@
 //! `ip netns exec`, which `exec`s the program in place, so [`ChildGuard::pid`] is the
 //! program's own pid. Each child leads its own process group: stopping it signals the whole
 //! group (helpers it forked included), SIGTERM first and SIGKILL after a grace period.
+//!
+//! Also what servers that run as their own users need around that (the databases of
+//! [`crate::postgres`] and of the tests): short programs run to completion
+//! ([`run_program`]), directories and files owned by the server's user ([`owned_dir`],
+//! [`owned_file`]), waiting for a server to answer ([`retry_until`]) and stopping one with
+//! the signal that picks its shutdown mode ([`ChildGuard::stop_with`]).
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use nix::sys::signal::{Signal, killpg};
+use anyhow::{Context, Result, anyhow, ensure};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
-use nix::unistd::Pid;
+use nix::unistd::{Pid, User, chown};
 
 /// How long a child gets between SIGTERM and SIGKILL.
 pub const TERM_GRACE: Duration = Duration::from_secs(3);
@@ -171,6 +178,24 @@ impl ChildGuard {
         Ok(status)
     }
 
+    /// Sends `signal` to the program alone (a server's own shutdown then stops its
+    /// helpers) and waits for it to exit; after `grace`, [`ChildGuard::terminate`]s it.
+    /// Does nothing if it has exited already.
+    pub fn stop_with(&mut self, signal: Signal, grace: Duration) {
+        if matches!(self.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = kill(Pid::from_raw(self.child.id() as i32), signal);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(self.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.terminate();
+    }
+
     /// Whether the child has exited, without reaping it.
     fn exited_unreaped(&self) -> bool {
         let pid = Pid::from_raw(self.child.id() as i32);
@@ -196,4 +221,57 @@ impl Drop for ChildGuard {
 /// behaved server ends after [`ChildGuard::terminate`].
 pub fn stopped_cleanly(status: ExitStatus) -> bool {
     status.success() || status.signal() == Some(libc::SIGTERM)
+}
+
+/// Runs `program` to completion outside any namespace, with `env` added to the
+/// environment; its stdout on success, else an error with its stderr.
+pub fn run_program(
+    program: impl AsRef<OsStr>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<String> {
+    let shown = format!("{} {}", program.as_ref().to_string_lossy(), args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {shown}"))?;
+    ensure!(
+        out.status.success(),
+        "{shown} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `dir` (and its parents), created if missing, owned by `user` with `mode`.
+pub fn owned_dir(dir: &Path, user: &str, mode: u32) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let user = User::from_name(user)?.ok_or_else(|| anyhow!("no user {user}"))?;
+    chown(dir, Some(user.uid), Some(user.gid))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    Ok(dir.to_path_buf())
+}
+
+/// Gives the existing file `path` to `user`, readable by it alone.
+pub fn owned_file(path: &Path, user: &str) -> Result<()> {
+    let user = User::from_name(user)?.ok_or_else(|| anyhow!("no user {user}"))?;
+    chown(path, Some(user.uid), Some(user.gid))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+/// Calls `probe` every 100 ms until it succeeds, failing with its last error after
+/// `timeout`.
+pub fn retry_until<T>(timeout: Duration, mut probe: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(value) => return Ok(value),
+            Err(err) if Instant::now() >= deadline => return Err(err),
+            Err(_) => thread::sleep(Duration::from_millis(100)),
+        }
+    }
 }

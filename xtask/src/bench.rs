@@ -13,7 +13,9 @@
 //! - cost: the machine's CPU time (`/proc/stat`) per packet or connection, and the
 //!   balancer's memory idle and holding a thousand connections;
 //! - failover: a backend's death under load, and a VRRP master's death (gerbang pair and
-//!   keepalived + HAProxy pair, 100 ms and 1 s adverts).
+//!   keepalived + HAProxy pair, 100 ms and 1 s adverts);
+//! - the write service following a PostgreSQL promotion (a primary and its streaming
+//!   replica behind gerbang, writes all the while).
 //!
 //! Each figure is the median of several rounds, with its range. The results go to
 //! `bench/results.md` and `bench/results.png` (`--quick`: short runs, one round, written
@@ -29,6 +31,7 @@ mod failover;
 mod load;
 mod measure;
 mod peers;
+mod promotion;
 mod report;
 mod results;
 mod throughput;
@@ -198,7 +201,7 @@ fn run_in(bench: &Bench<'_>) -> Result<()> {
         failover::backend_death(bench, &t, &mut backends, &mut results)?;
     }
     failover::vrrp(bench, &mut results)?;
-    failover::pg_promotion(&mut results);
+    promotion::run(bench, &mut results)?;
 
     let out_dir = if bench.quick {
         bench.ctx.target_dir.join("bench-quick")

@@ -1,5 +1,6 @@
 //! Real database servers for the replication tests, each inside a backend's namespace:
-//! PostgreSQL 15 (a primary, a streaming replica made with `pg_basebackup -R`) and MariaDB
+//! PostgreSQL 15 (a primary, a streaming replica made with `pg_basebackup -R`; from
+//! [`gerbang_testbed::postgres`], re-exported here) and MariaDB
 //! 10.11 (binary-log replication with GTID), started fast (no fsync, small buffers) from
 //! data directories under a scratch directory, and stopped when dropped. Also fake servers
 //! that misbehave in the ways a role check must survive.
@@ -11,303 +12,30 @@
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context as _, Result, anyhow, ensure};
-use gerbang_testbed::{ChildGuard, Cmd, Netns, NsThread};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::{Pid, User, chown},
+use anyhow::{Context as _, Result};
+use gerbang_testbed::{
+    ChildGuard, Cmd, Netns, NsThread,
+    process::{owned_dir, retry_until, run_program},
 };
+use nix::sys::signal::Signal;
 
-/// The PostgreSQL superuser's password, also the replication password.
-pub const PG_PASSWORD: &str = "pg-secret";
+/// The PostgreSQL servers live in the testbed library, which `cargo xtask bench` shares.
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use gerbang_testbed::postgres::{PG_PASSWORD, Postgres};
+
 /// MariaDB's replication, monitoring and application users' password.
 pub const MARIADB_PASSWORD: &str = "my-secret";
 /// How long a server may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Runs `program` to completion outside any namespace; stdout on success.
-fn run(
-    program: impl AsRef<std::ffi::OsStr>,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> Result<String> {
-    let shown = format!("{} {}", program.as_ref().to_string_lossy(), args.join(" "));
-    let out = Command::new(program)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .with_context(|| format!("running {shown}"))?;
-    ensure!(
-        out.status.success(),
-        "{shown} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// `dir`, created and owned by `user`.
-fn owned_dir(dir: &Path, user: &str, mode: u32) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let user = User::from_name(user)?.ok_or_else(|| anyhow!("no user {user}"))?;
-    chown(dir, Some(user.uid), Some(user.gid))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
-    Ok(dir.to_path_buf())
-}
-
-/// Polls `probe` until it succeeds, failing with its last error after `timeout`.
-fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Result<T>) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match probe() {
-            Ok(value) => return Ok(value),
-            Err(err) if Instant::now() >= deadline => return Err(err),
-            Err(_) => thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
-/// Stops a server with `signal` and waits for it, SIGKILLing its group after `grace`.
-fn stop_with(server: &mut ChildGuard, signal: Signal, grace: Duration) {
-    if matches!(server.try_wait(), Ok(Some(_))) {
-        return;
-    }
-    let _ = kill(Pid::from_raw(server.pid() as i32), signal);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if matches!(server.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = server.terminate();
-}
-
-// ---- PostgreSQL ----
-
-/// A program of the newest installed PostgreSQL (`/usr/lib/postgresql/N/bin`, Debian's
-/// layout), else from `PATH`.
-fn pg_bin(name: &str) -> PathBuf {
-    let newest = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            Some((
-                entry.file_name().to_str()?.parse::<u32>().ok()?,
-                entry.path(),
-            ))
-        })
-        .max();
-    match newest {
-        Some((_, dir)) => dir.join("bin").join(name),
-        None => PathBuf::from(name),
-    }
-}
-
-/// A PostgreSQL server listening on `addr:5432` inside a namespace.
-pub struct Postgres {
-    server: ChildGuard,
-    pub addr: SocketAddrV4,
-    socket_dir: PathBuf,
-    pub log: PathBuf,
-}
-
-impl Postgres {
-    pub const PORT: u16 = 5432;
-
-    /// A new primary: `initdb` (superuser `postgres` with [`PG_PASSWORD`], password logins
-    /// from the test network, trust on its socket), then started.
-    pub fn primary(ns: &Netns, addr: Ipv4Addr, scratch: &Path, name: &str) -> Result<Postgres> {
-        let home = owned_dir(&scratch.join(name), "postgres", 0o755)?;
-        let data = home.join("data");
-        let pwfile = home.join("pwfile");
-        std::fs::write(&pwfile, PG_PASSWORD)?;
-        owned_file(&pwfile, "postgres")?;
-        let initdb = pg_bin("initdb");
-        run(
-            "setpriv",
-            &[
-                "--reuid=postgres",
-                "--regid=postgres",
-                "--init-groups",
-                "--",
-                &initdb.to_string_lossy(),
-                "-D",
-                &data.to_string_lossy(),
-                "-U",
-                "postgres",
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                &format!("--pwfile={}", pwfile.display()),
-                "--no-sync",
-                "--no-instructions",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ],
-            &[],
-        )?;
-        let mut hba = std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("pg_hba.conf"))?;
-        writeln!(hba, "host all all 10.200.0.0/16 scram-sha-256")?;
-        writeln!(hba, "host replication all 10.200.0.0/16 scram-sha-256")?;
-        Self::start(ns, addr, &home, &[])
-    }
-
-    /// A streaming replica of `primary`: `pg_basebackup -R` from inside `ns`, then started.
-    pub fn replica(
-        ns: &Netns,
-        addr: Ipv4Addr,
-        scratch: &Path,
-        name: &str,
-        primary: &Postgres,
-    ) -> Result<Postgres> {
-        let home = owned_dir(&scratch.join(name), "postgres", 0o755)?;
-        let data = home.join("data");
-        let basebackup = pg_bin("pg_basebackup");
-        let password = format!("PGPASSWORD={PG_PASSWORD}");
-        ns.exec(
-            "env",
-            [
-                password.as_str(),
-                "setpriv",
-                "--reuid=postgres",
-                "--regid=postgres",
-                "--init-groups",
-                "--",
-                &basebackup.to_string_lossy(),
-                "-h",
-                &primary.addr.ip().to_string(),
-                "-U",
-                "postgres",
-                "-D",
-                &data.to_string_lossy(),
-                "-R",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-                "--no-sync",
-            ],
-        )
-        .context("pg_basebackup")?;
-        let conninfo = format!(
-            "primary_conninfo=host={} port={} user=postgres password={PG_PASSWORD} \
-             application_name={name}",
-            primary.addr.ip(),
-            Self::PORT
-        );
-        Self::start(ns, addr, &home, &[&conninfo])
-    }
-
-    fn start(ns: &Netns, addr: Ipv4Addr, home: &Path, extra: &[&str]) -> Result<Postgres> {
-        let socket_dir = owned_dir(&home.join("run"), "postgres", 0o755)?;
-        let log = home.join("server.log");
-        let postgres = pg_bin("postgres");
-        let mut cmd = Cmd::new("setpriv")
-            .args([
-                "--reuid=postgres",
-                "--regid=postgres",
-                "--init-groups",
-                "--",
-            ])
-            .arg(&postgres)
-            .arg("-D")
-            .arg(home.join("data"))
-            .current_dir(home)
-            .log_to(&log);
-        for setting in [
-            format!("listen_addresses={addr}"),
-            format!("port={}", Self::PORT),
-            format!("unix_socket_directories={}", socket_dir.display()),
-            "fsync=off".into(),
-            "synchronous_commit=off".into(),
-            "full_page_writes=off".into(),
-            "shared_buffers=16MB".into(),
-            "max_connections=40".into(),
-            "wal_receiver_status_interval=1s".into(),
-            "logging_collector=off".into(),
-        ]
-        .iter()
-        .map(String::as_str)
-        .chain(extra.iter().copied())
-        {
-            cmd = cmd.arg("-c").arg(setting);
-        }
-        let server = ns.spawn(&cmd)?;
-        let postgres = Postgres {
-            server,
-            addr: SocketAddrV4::new(addr, Self::PORT),
-            socket_dir,
-            log,
-        };
-        poll(START_TIMEOUT, || postgres.psql("SELECT 1")).with_context(|| {
-            format!(
-                "PostgreSQL at {addr} did not start: see {}",
-                postgres.log.display()
-            )
-        })?;
-        Ok(postgres)
-    }
-
-    /// Runs `sql` as the superuser over the server's socket; the rows, `|`-separated.
-    pub fn psql(&self, sql: &str) -> Result<String> {
-        run(
-            pg_bin("psql"),
-            &[
-                "-h",
-                &self.socket_dir.to_string_lossy(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-X",
-                "-A",
-                "-t",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ],
-            &[],
-        )
-        .map(|out| out.trim().to_owned())
-    }
-
-    /// Fast shutdown (`pg_ctl stop -m fast`), waiting for it.
-    pub fn stop(&mut self) {
-        stop_with(&mut self.server, Signal::SIGINT, Duration::from_secs(10));
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        // Immediate shutdown: nothing is kept.
-        stop_with(&mut self.server, Signal::SIGQUIT, Duration::from_secs(5));
-    }
-}
-
-fn owned_file(path: &Path, user: &str) -> Result<()> {
-    let user = User::from_name(user)?.ok_or_else(|| anyhow!("no user {user}"))?;
-    chown(path, Some(user.uid), Some(user.gid))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(())
-}
 
 // ---- MariaDB ----
 
@@ -327,7 +55,7 @@ impl Mariadb {
     /// server (installing once is most of a server's start-up time).
     pub fn install(dir: &Path) -> Result<PathBuf> {
         let data = owned_dir(&dir.join("template"), "mysql", 0o750)?;
-        run(
+        run_program(
             "mariadb-install-db",
             &[
                 "--no-defaults",
@@ -356,7 +84,7 @@ impl Mariadb {
     ) -> Result<Mariadb> {
         let home = owned_dir(&scratch.join(format!("mariadb{server_id}")), "mysql", 0o755)?;
         let data = home.join("data");
-        run(
+        run_program(
             "cp",
             &["-a", &template.to_string_lossy(), &data.to_string_lossy()],
             &[],
@@ -392,7 +120,7 @@ impl Mariadb {
             socket,
             log,
         };
-        poll(START_TIMEOUT, || mariadb.sql("SELECT 1")).with_context(|| {
+        retry_until(START_TIMEOUT, || mariadb.sql("SELECT 1")).with_context(|| {
             format!(
                 "MariaDB at {addr} did not start: see {}",
                 mariadb.log.display()
@@ -444,7 +172,7 @@ impl Mariadb {
 
     /// Runs `sql` as root over the server's socket; the rows, tab-separated.
     pub fn sql(&self, sql: &str) -> Result<String> {
-        run(
+        run_program(
             "mariadb",
             &[
                 "--no-defaults",
@@ -465,7 +193,8 @@ impl Mariadb {
 
 impl Drop for Mariadb {
     fn drop(&mut self) {
-        stop_with(&mut self.server, Signal::SIGKILL, Duration::from_secs(5));
+        self.server
+            .stop_with(Signal::SIGKILL, Duration::from_secs(5));
     }
 }
 

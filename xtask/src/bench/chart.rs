@@ -137,15 +137,25 @@ pub fn draw(results: &Results, path: &Path) -> Result<()> {
         targets: Vec::new(),
     };
     let failover_of = |s: Sys| -> Vec<Option<f64>> {
-        [Metric::BackendDeath, Metric::VrrpFast, Metric::VrrpSlow]
-            .iter()
-            .map(|&m| med(m, s))
-            .collect()
+        [
+            Metric::BackendDeath,
+            Metric::VrrpFast,
+            Metric::VrrpSlow,
+            Metric::PgPromotion,
+        ]
+        .iter()
+        .map(|&m| med(m, s))
+        .collect()
     };
     let failover = Panel {
         title: "Failover (black marks: targets)",
         y_label: "seconds",
-        groups: vec!["backend death", "VRRP 100 ms adverts", "VRRP 1 s adverts"],
+        groups: vec![
+            "backend death",
+            "VRRP 100 ms adverts",
+            "VRRP 1 s adverts",
+            "PostgreSQL promotion",
+        ],
         series: vec![
             (Sys::XdpNative, "gerbang", failover_of(Sys::XdpNative)),
             (Sys::Haproxy, "HAProxy", failover_of(Sys::Haproxy)),
@@ -156,7 +166,12 @@ pub fn draw(results: &Results, path: &Path) -> Result<()> {
             ),
         ],
         lines: Vec::new(),
-        targets: vec![(0, 0.6), (1, 0.5), (2, 3.6)],
+        targets: vec![
+            (0, 0.6),
+            (1, 0.5),
+            (2, 3.6),
+            (3, super::promotion::target().as_secs_f64()),
+        ],
     };
 
     let root = BitMapBackend::new(path, (1600, 1100)).into_drawing_area();

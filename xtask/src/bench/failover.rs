@@ -515,13 +515,3 @@ fn start_node(
         }
     }
 }
-
-/// The PostgreSQL promotion figure: its row stays in the table, marked, until the
-/// replication-aware services it measures have landed and a scenario is written for it.
-pub fn pg_promotion(results: &mut Results) {
-    results.not_run(
-        Some(Metric::PgPromotion),
-        Sys::XdpNative,
-        "the PostgreSQL role checks are still being built; no scenario yet",
-    );
-}

@@ -7,6 +7,7 @@ use std::{fmt::Write as _, fs, path::Path, process::Command, time::Duration};
 use super::{
     Bench,
     measure::Figure,
+    promotion,
     results::{Metric, Results, Sys},
     throughput::SYSTEMS,
 };
@@ -203,7 +204,7 @@ fn table(
 
 /// One target's verdict: `Ok(margin)` or the reason it could not be judged.
 struct Verdict {
-    target: &'static str,
+    target: String,
     measured: String,
     outcome: Result<(bool, String), String>,
 }
@@ -251,7 +252,7 @@ fn targets(results: &Results) -> Vec<Verdict> {
             (_, None) => Err(why(results, metric, Sys::Direct)),
         };
         verdicts.push(Verdict {
-            target,
+            target: target.into(),
             measured: format!(
                 "{} vs {}",
                 more(results, metric, Sys::XdpNative),
@@ -297,7 +298,7 @@ fn targets(results: &Results) -> Vec<Verdict> {
             (_, None) => Err(why(results, metric, peer)),
         };
         verdicts.push(Verdict {
-            target,
+            target: target.into(),
             measured: format!(
                 "{} vs {} CPU-µs extra",
                 extra(results, metric, Sys::XdpNative).map_or("—".into(), |e| format!("{e:+.2}")),
@@ -325,7 +326,7 @@ fn targets(results: &Results) -> Vec<Verdict> {
         (_, None) => Err(why(results, Metric::LatP99, Sys::Direct)),
     };
     verdicts.push(Verdict {
-        target: "XDP native p99 latency within 50 µs of direct at a moderate rate",
+        target: "XDP native p99 latency within 50 µs of direct at a moderate rate".into(),
         measured: format!(
             "{} vs {} µs",
             more(results, Metric::LatP99, Sys::XdpNative),
@@ -353,7 +354,8 @@ fn targets(results: &Results) -> Vec<Verdict> {
         _ => Err(why(results, Metric::HttpRps, Sys::Userspace)),
     };
     verdicts.push(Verdict {
-        target: "userspace mode ≥ HAProxy's requests/s, with less memory (1,000 connections)",
+        target: "userspace mode ≥ HAProxy's requests/s, with less memory (1,000 connections)"
+            .into(),
         measured: match (
             results.figure(Metric::HttpRps, Sys::Userspace),
             results.figure(Metric::MemHeld, Sys::Userspace),
@@ -369,6 +371,13 @@ fn targets(results: &Results) -> Vec<Verdict> {
         },
         outcome,
     });
+    let pg_target = format!(
+        "PostgreSQL promotion → first write on the new primary through the write service \
+         within interval × rise + 1 s ({} ms × {} + 1 s = {:.1} s)",
+        promotion::CHECK_INTERVAL.as_millis(),
+        promotion::RISE,
+        promotion::target().as_secs_f64()
+    );
     for (target, metric, limit, peer) in [
         (
             "backend death → last failed request < 0.6 s (checks 200 ms, fall 2, rise 2)",
@@ -390,9 +399,9 @@ fn targets(results: &Results) -> Vec<Verdict> {
             Some(Sys::Keepalived),
         ),
         (
-            "write service follows a PostgreSQL promotion",
+            &pg_target,
             Metric::PgPromotion,
-            f64::INFINITY,
+            promotion::target().as_secs_f64(),
             None,
         ),
     ] {
@@ -425,13 +434,63 @@ fn targets(results: &Results) -> Vec<Verdict> {
             }
         };
         verdicts.push(Verdict {
-            target,
+            target: target.into(),
             measured: more(results, metric, Sys::XdpNative),
             outcome,
         });
     }
+    verdicts.push(old_primary_verdict(results));
     verdicts
 }
+
+/// Zero writes on the old primary after it stopped being primary, over every gerbang data
+/// plane measured.
+fn old_primary_verdict(results: &Results) -> Verdict {
+    let measured: Vec<(Sys, Figure)> = PG_SYSTEMS
+        .iter()
+        .filter_map(|&s| Some((s, results.figure(Metric::PgOldWrites, s)?)))
+        .collect();
+    let outcome = if measured.is_empty() {
+        Err(why(results, Metric::PgPromotion, Sys::XdpNative))
+    } else {
+        let worst = measured.iter().map(|(_, f)| f.max).fold(0.0, f64::max);
+        let runs: usize = measured.iter().map(|(_, f)| f.runs).sum();
+        Ok((
+            worst == 0.0,
+            if worst == 0.0 {
+                format!("none in {runs} promotions")
+            } else {
+                format!("up to {worst:.0} in one promotion")
+            },
+        ))
+    };
+    Verdict {
+        target: "PostgreSQL promotion: zero writes reach the old primary after it stops being \
+                 primary (stopped, then back as a replica)"
+            .into(),
+        measured: measured
+            .iter()
+            .map(|&(s, f)| {
+                format!(
+                    "{} in {} run{} ({})",
+                    if f.runs > 1 {
+                        format!("{:.0}–{:.0}", f.min, f.max)
+                    } else {
+                        format!("{:.0}", f.median)
+                    },
+                    f.runs,
+                    if f.runs == 1 { "" } else { "s" },
+                    s.short()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        outcome,
+    }
+}
+
+/// The data planes the PostgreSQL promotion is measured with.
+const PG_SYSTEMS: [Sys; 2] = [Sys::XdpNative, Sys::Userspace];
 
 pub fn markdown(bench: &Bench<'_>, machine: &Machine, results: &Results) -> String {
     let p = &bench.params;
@@ -622,6 +681,10 @@ pub fn markdown(bench: &Bench<'_>, machine: &Machine, results: &Results) -> Stri
     out.push_str(
         "| event | target | system | seconds | failed requests |\n|---|---|---|---:|---:|\n",
     );
+    let pg_limit = format!(
+        "≤ {:.1} s (interval × rise + 1 s)",
+        promotion::target().as_secs_f64()
+    );
     for (event, target, metric, systems) in [
         (
             "backend death → last failed request",
@@ -642,10 +705,10 @@ pub fn markdown(bench: &Bench<'_>, machine: &Machine, results: &Results) -> Stri
             &[Sys::XdpNative, Sys::Keepalived][..],
         ),
         (
-            "PostgreSQL promotion → write service follows",
-            "(replication issue)",
+            "PostgreSQL promotion → first write on the new primary",
+            pg_limit.as_str(),
             Metric::PgPromotion,
-            &[Sys::XdpNative][..],
+            &PG_SYSTEMS[..],
         ),
     ] {
         for &sys in systems {
@@ -656,10 +719,10 @@ pub fn markdown(bench: &Bench<'_>, machine: &Machine, results: &Results) -> Stri
                 (_, Sys::XdpNative) => "gerbang pair (XDP generic)",
                 _ => sys.label(),
             };
-            let failed = if metric == Metric::BackendDeath {
-                count(results, Metric::BackendDeathFailed, sys)
-            } else {
-                "—".into()
+            let failed = match metric {
+                Metric::BackendDeath => count(results, Metric::BackendDeathFailed, sys),
+                Metric::PgPromotion => count(results, Metric::PgRefused, sys),
+                _ => "—".into(),
             };
             let _ = writeln!(
                 out,
@@ -669,6 +732,34 @@ pub fn markdown(bench: &Bench<'_>, machine: &Machine, results: &Results) -> Stri
         }
     }
     out.push('\n');
+    let old_writes: Vec<String> = PG_SYSTEMS
+        .iter()
+        .filter(|&&s| results.figure(Metric::PgOldWrites, s).is_some())
+        .map(|&s| {
+            format!(
+                "{} {} after its stop (target: none), {} between the promotion and the end \
+                 of its shutdown",
+                s.label(),
+                count(results, Metric::PgOldWrites, s),
+                count(results, Metric::PgSplitWrites, s)
+            )
+        })
+        .collect();
+    if !old_writes.is_empty() {
+        let _ = writeln!(
+            out,
+            "Writes that reached the old PostgreSQL primary, per promotion: {}. Once its \
+             shutdown is complete only the write service could take a write there (then \
+             while it is rebuilt as a replica, and after: refused as read-only, or answered). \
+             Between the promotion and the end of the shutdown both servers are primaries, \
+             and the write service keeps the one it knows until its next check ({} ms) tells \
+             it otherwise: an operator who needs none there stops (fences) the old primary \
+             before promoting. The failed requests of the promotion are writes that failed \
+             while the service moved.\n",
+            old_writes.join("; "),
+            promotion::CHECK_INTERVAL.as_millis()
+        );
+    }
 
     out.push_str("## Notes\n\n");
     if results.cpu_machine > 0.0 {
@@ -760,4 +851,20 @@ timeout; the figure is the time from the kill to the end of the first request an
 through the backup (priority 100). Both pairs speak VRRPv3 with the same interval; the
 keepalived pair serves with HAProxy (the stack gerbang replaces), the gerbang pair with
 XDP in generic mode.
+
+**PostgreSQL promotion.** Two backends run PostgreSQL 15: a primary and its streaming
+replica (`pg_basebackup -R`). gerbang serves them on the VIP's port 6432 as a `role =
+\"primary\"` service with a `postgres` role check (`pg_is_in_recovery()` every 500 ms,
+rise 2, fall 3). Two client threads write through the VIP, each on a persistent
+connection that is reopened after an error (a connection pool's behaviour), one write
+every 10 ms per thread: `INSERT ... RETURNING inet_server_addr()`, so each answer names
+the server that took the write. A run promotes the replica (`pg_promote(wait => false)`,
+what `pg_ctl promote` does) and at once stops the old primary (fast shutdown, waited
+for); the writes go on while the old primary's host is rebuilt as a replica of the new
+one (`pg_basebackup`: PostgreSQL's demotion) and until gerbang's checks have seen it
+back. The figure is the time from the promotion to the end of the first write answered
+by the new primary; the target is the replication issue's `interval × rise + 1 s`. The
+writes that reached the old primary's host after its shutdown was complete, answered by
+it or refused by it as read-only, must be none; those it took between the promotion and
+the end of its shutdown are counted apart. The next run promotes that replica back.
 ";

@@ -88,8 +88,18 @@ pub enum Metric {
     /// Seconds from the VRRP master's death to the first request answered via the backup.
     VrrpFast,
     VrrpSlow,
-    /// Seconds from a PostgreSQL promotion to the write service following it.
+    /// Seconds from a PostgreSQL promotion to the first write answered by the new primary
+    /// through the write service.
     PgPromotion,
+    /// Writes that failed in that window (refused, or cut with the old primary).
+    PgRefused,
+    /// Writes that reached the old primary's host after its shutdown was complete (answered
+    /// by it, or refused by it as a read-only replica once rebuilt): the target is none.
+    PgOldWrites,
+    /// Writes the old primary answered between the promotion and the end of its shutdown,
+    /// while both servers were primaries and before a check could tell (not the target's
+    /// concern).
+    PgSplitWrites,
 }
 
 /// Every sample, and why a figure or a whole system was not measured.
