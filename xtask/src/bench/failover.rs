@@ -211,9 +211,35 @@ pub fn backend_death(
             results.add(Metric::BackendDeathFailed, sys, after as f64);
             backends.restart(VICTIM)?;
         }
+        if sys != Sys::Haproxy {
+            let socket = bench.scratch.join("control-checks.sock");
+            match longest_update(&bench.gerbang, &socket) {
+                Ok(seconds) => results.add(Metric::UpdateMax, sys, seconds),
+                Err(err) => results.not_run(Some(Metric::UpdateMax), sys, format!("{err:#}")),
+            }
+        }
         balancer.terminate()?;
     }
     Ok(())
+}
+
+/// The longest backend-set update gerbang has applied since it started, from the status
+/// API: the time from the controller taking a verdict to the data path following it.
+fn longest_update(gerbang: &std::path::Path, socket: &std::path::Path) -> Result<f64> {
+    let out = std::process::Command::new(gerbang)
+        .args(["status", "--json", "--socket"])
+        .arg(socket)
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "gerbang status failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    status["updates"]["max_seconds"]
+        .as_f64()
+        .ok_or_else(|| anyhow::anyhow!("no updates.max_seconds in gerbang's status"))
 }
 
 /// Node roles on the VRRP LAN.

@@ -439,8 +439,36 @@ fn targets(results: &Results) -> Vec<Verdict> {
             outcome,
         });
     }
+    verdicts.push(update_verdict(results));
     verdicts.push(old_primary_verdict(results));
     verdicts
+}
+
+/// A backend-set update reaches the data path in under 1 ms after the verdict, in every
+/// gerbang data plane the backend-death runs measured.
+fn update_verdict(results: &Results) -> Verdict {
+    const LIMIT_MS: f64 = 1.0;
+    let measured: Vec<(Sys, f64)> = [Sys::XdpNative, Sys::Userspace]
+        .into_iter()
+        .filter_map(|sys| Some((sys, results.figure(Metric::UpdateMax, sys)?.median * 1e3)))
+        .collect();
+    let outcome = if measured.is_empty() {
+        Err(why(results, Metric::UpdateMax, Sys::XdpNative))
+    } else {
+        let worst = measured.iter().map(|(_, ms)| *ms).fold(0.0, f64::max);
+        Ok((worst < LIMIT_MS, format!("longest {worst:.3} ms")))
+    };
+    Verdict {
+        target: "a backend-set update reaches the data path < 1 ms after the verdict \
+                 (longest update during the backend-death runs)"
+            .into(),
+        measured: measured
+            .iter()
+            .map(|(sys, ms)| format!("{}: {ms:.3} ms", sys.label()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        outcome,
+    }
 }
 
 /// Zero writes on the old primary after it stopped being primary, over every gerbang data

@@ -85,6 +85,9 @@ pub enum Metric {
     BackendDeath,
     /// Requests that failed in that window.
     BackendDeathFailed,
+    /// The longest a backend-set change took to reach the data path after the verdict, over
+    /// the backend-death runs (gerbang's own measure, from its status API), seconds.
+    UpdateMax,
     /// Seconds from the VRRP master's death to the first request answered via the backup.
     VrrpFast,
     VrrpSlow,
