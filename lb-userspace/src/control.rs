@@ -8,7 +8,7 @@
 
 use std::{
     io,
-    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -110,14 +110,21 @@ pub struct ControlServer {
 
 impl ControlServer {
     /// Binds `path` (replacing a stale socket file nobody listens on) and starts accepting.
+    ///
+    /// The socket file is created mode 0600 (the socket's own mode is set before `bind`,
+    /// which Linux uses for the file), so no client can connect in between, whatever the
+    /// umask. Directories gerbang creates for it are mode 0700.
     pub fn start(path: &Path) -> Result<(ControlServer, mpsc::Receiver<Incoming>)> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
         }
         remove_stale(path)?;
-        let listener = UnixListener::bind(path)
+        let listener = bind_private(path)
             .with_context(|| format!("binding the control socket {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         let (requests, inbox) = mpsc::channel(16);
         let task = tokio::spawn(accept_loop(listener, requests));
         Ok((
@@ -133,6 +140,19 @@ impl ControlServer {
         self.task.abort();
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// A listening Unix socket at `path`, mode 0600 from the moment it exists.
+fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
+    nix::sys::stat::fchmod(&socket, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+    socket.bind(&SockAddr::unix(path)?)?;
+    // The umask may have taken bits away, never added any: make it exactly 0600.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    socket.listen(128)?;
+    socket.set_nonblocking(true)?;
+    UnixListener::from_std(std::os::unix::net::UnixListener::from(socket))
 }
 
 /// A socket file whose owner died is removed; one that answers belongs to a running
@@ -248,6 +268,23 @@ mod tests {
                 state: AdminState::Drain
             }
         );
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_root_only_and_its_directory_private() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = std::env::temp_dir().join(format!("gerbang-control-{}", std::process::id()));
+        let path = dir.join("run/control.sock");
+        let (server, _inbox) = ControlServer::start(&path).unwrap();
+        let socket = std::fs::metadata(&path).unwrap();
+        assert!(socket.file_type().is_socket());
+        assert_eq!(socket.mode() & 0o777, 0o600);
+        assert_eq!(socket.uid(), nix::unistd::Uid::effective().as_raw());
+        let parent = std::fs::metadata(path.parent().unwrap()).unwrap();
+        assert_eq!(parent.mode() & 0o777, 0o700);
+        server.stop();
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -10,6 +10,7 @@ use gerbang::{
     controller,
     dataplane::AdminState,
     observe::{self, StatusView},
+    privileges::{CapSet, Capability},
 };
 
 #[derive(Parser)]
@@ -31,10 +32,19 @@ enum Command {
     /// Load the config, attach the XDP program and balance until stopped. SIGHUP reloads
     /// the config; SIGTERM/SIGINT detach and stop; SIGUSR2 exits leaving the program
     /// forwarding for the next gerbang to take over (restart, upgrade).
+    ///
+    /// Once running, gerbang keeps only the capabilities it still uses (CAP_NET_ADMIN with
+    /// XDP or VRRP, and CAP_BPF with XDP on kernels before 6.5; none otherwise), in every
+    /// thread and in the bounding set, and sets no_new_privs; VRRP notify and track scripts
+    /// run with the same set.
     Run {
         /// Configuration file.
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Keep this capability too once running (repeatable), for VRRP scripts that need
+        /// it: CAP_NET_RAW, NET_RAW or net_raw.
+        #[arg(long = "keep-capability", value_name = "CAP", value_parser = parse_capability)]
+        keep_capability: Vec<Capability>,
     },
     /// Validate a configuration file and exit (no privileges needed).
     CheckConfig {
@@ -99,7 +109,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run { config } => run(config),
+        Command::Run {
+            config,
+            keep_capability,
+        } => run(config, CapSet::of(&keep_capability)),
         Command::CheckConfig { file } => check_config(file),
         Command::Backend {
             action,
@@ -133,12 +146,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: PathBuf) -> anyhow::Result<()> {
+fn run(config: PathBuf, keep: CapSet) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(controller::run(&config))
+    runtime.block_on(controller::run(&config, keep))
+}
+
+fn parse_capability(name: &str) -> anyhow::Result<Capability> {
+    Capability::parse(name)
 }
 
 fn send(socket: &SocketArgs, request: &Request) -> anyhow::Result<()> {

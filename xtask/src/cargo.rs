@@ -117,6 +117,22 @@ const GATES: &[Gate] = &[
         args: &["test", "--workspace", "--no-fail-fast"],
         env: &[],
     },
+    // Each fuzz target (fuzz/, cargo-fuzz on nightly) for a short bounded run from its seeds;
+    // `cargo xtask fuzz TARGET` runs a longer one.
+    Gate {
+        name: "fuzz",
+        args: &[
+            "run",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--",
+            "fuzz",
+            "--seconds",
+            "15",
+        ],
+        env: &[],
+    },
     // A smoke run of every benchmark so the harness never rots; it asserts nothing about
     // speed (it builds the release binary and writes under the target directory).
     Gate {

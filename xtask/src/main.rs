@@ -7,6 +7,7 @@ mod bench;
 mod cargo;
 mod context;
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::{ffi::OsString, os::unix::process::CommandExt as _, path::PathBuf, process::ExitCode};
@@ -58,6 +59,15 @@ enum Task {
         /// Short runs: checks the benchmarks work, numbers are rough
         #[arg(long)]
         quick: bool,
+    },
+    /// Set up, build the cargo-fuzz targets in fuzz/ (nightly) and fuzz one, or each in turn
+    Fuzz {
+        /// The target [default: each in turn]
+        #[arg(value_parser = fuzz::TARGETS)]
+        target: Option<String>,
+        /// How long to fuzz each target, in seconds
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
     },
 }
 
@@ -111,6 +121,10 @@ fn run(task: Task) -> Result<()> {
             setup::ensure()?;
             cargo::build_release_binary(&ctx)?;
             bench::run(&ctx, quick)
+        }
+        Task::Fuzz { target, seconds } => {
+            setup::ensure()?;
+            fuzz::run(&ctx, target.as_deref(), seconds)
         }
     }
 }

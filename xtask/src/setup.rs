@@ -2,10 +2,10 @@
 //!
 //! Gives a fresh Debian 12 machine what building and testing gerbang needs: system packages
 //! from apt, the nightly toolchain with `rust-src` (the XDP program is built with
-//! `-Z build-std=core`), and bpf-linker built against LLVM 22, the LLVM both installed rustc
-//! toolchains use. Every check is a cheap query, so on a ready machine this takes a few tens of
-//! milliseconds. Installing needs root on a Debian-like system; anywhere else it says what is
-//! missing and what to run by hand.
+//! `-Z build-std=core`), bpf-linker built against LLVM 22, the LLVM both installed rustc
+//! toolchains use, and cargo-fuzz for the fuzz targets in `fuzz/`. Every check is a cheap
+//! query, so on a ready machine this takes a few tens of milliseconds. Installing needs root
+//! on a Debian-like system; anywhere else it says what is missing and what to run by hand.
 
 use std::{
     collections::HashMap,
@@ -145,6 +145,7 @@ pub fn ensure() -> Result<()> {
         nightly(can_install),
         bpf_linker(linker, debian, can_install),
         cross_targets(),
+        cargo_fuzz(),
     ];
 
     let mut unresolved = Vec::new();
@@ -463,6 +464,43 @@ fn cross_targets() -> Item {
             commands: vec![cmd],
             // rustup installs into the builder's home: no root needed.
             installing: Some(format!("adding {}", missing.join(", "))),
+        }),
+    }
+}
+
+// ---- cargo-fuzz ----
+
+/// The version installed when none is: 0.13.2 builds with the stable toolchain here and
+/// drives the nightly one (`rustup run nightly cargo fuzz`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// cargo-fuzz, which builds and runs the fuzz targets (`cargo xtask fuzz`, and the test
+/// command's short runs). Any installed version is kept.
+fn cargo_fuzz() -> Item {
+    let label = "cargo-fuzz";
+    if query(Command::new("cargo").args(["fuzz", "--version"])).is_some() {
+        return Item {
+            label,
+            missing: None,
+        };
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "install",
+        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        "--locked",
+    ]);
+    Item {
+        label,
+        missing: Some(Missing {
+            advice: "cargo-fuzz, which builds and runs the fuzz targets, is not installed. \
+                     Run as the user who builds:"
+                .into(),
+            commands: vec![cmd],
+            // cargo installs into the builder's home: no root needed.
+            installing: Some(format!(
+                "building cargo-fuzz {CARGO_FUZZ_VERSION} with cargo install (about two minutes)"
+            )),
         }),
     }
 }

@@ -17,7 +17,7 @@ use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::{
     config::Config,
@@ -241,14 +241,22 @@ impl ControllerHandle {
 ///
 /// SIGINT/SIGTERM stop and detach; SIGUSR2 stops and leaves the program forwarding for the
 /// next gerbang to take over (restart, upgrade); SIGHUP reloads the file.
-pub async fn run(config_path: &Path) -> Result<()> {
+///
+/// Once started, it keeps only the capabilities it still uses (see [`privileges`]), and
+/// those in `keep` as well.
+pub async fn run(config_path: &Path, keep: privileges::CapSet) -> Result<()> {
     let config = Config::load(config_path)?;
     privileges::check()?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
     let mut upgrade = signal(SignalKind::user_defined2())?;
+    let vrrp = !config.vrrp.is_empty();
     let controller = Controller::start(config, Some(config_path)).await?;
+    if let Err(err) = drop_privileges(&controller, vrrp, keep).await {
+        let _ = controller.stop(StopMode::Detach).await;
+        return Err(err);
+    }
     info!(
         config = %config_path.display(),
         "gerbang running; SIGHUP reloads, SIGTERM stops, SIGUSR2 exits leaving traffic flowing"
@@ -270,6 +278,64 @@ pub async fn run(config_path: &Path) -> Result<()> {
         }
     };
     controller.stop(mode).await
+}
+
+/// Keeps the capabilities the started controller still uses, and `extra`; logs them.
+async fn drop_privileges(
+    controller: &Controller,
+    vrrp: bool,
+    extra: privileges::CapSet,
+) -> Result<()> {
+    let xdp = controller.status().await?.dataplane == "xdp";
+    let running = privileges::Running {
+        xdp,
+        vrrp,
+        bpf_calls_need_cap_bpf: xdp && privileges::bpf_calls_need_cap_bpf(),
+    };
+    let needs = privileges::runtime_needs(running);
+    let wanted = needs
+        .keys()
+        .fold(privileges::CapSet::EMPTY, |set, cap| {
+            set.union(privileges::CapSet::of(&[*cap]))
+        })
+        .union(extra);
+    let restricted = privileges::restrict(wanted).context("dropping capabilities")?;
+    let why: Vec<String> = needs
+        .iter()
+        .map(|(cap, reasons)| format!("{cap}: {}", reasons.join(", ")))
+        .chain(extra.iter().map(|cap| format!("{cap}: --keep-capability")))
+        .collect();
+    info!(
+        kept = %restricted.kept,
+        bounding = %restricted.bounding,
+        threads = restricted.threads,
+        no_new_privs = true,
+        "capabilities dropped to what the running controller uses{}{}",
+        if why.is_empty() { "" } else { ": " },
+        why.join("; ")
+    );
+    if restricted.bounding != restricted.kept {
+        warn!(
+            bounding = %restricted.bounding,
+            "the bounding set could not be narrowed (started without CAP_SETPCAP); \
+             no_new_privs still keeps programs run by VRRP to the kept set"
+        );
+    }
+    if !restricted.unreachable.is_empty() {
+        warn!(
+            threads = restricted.unreachable.join(", "),
+            "threads that block signals kept their capabilities: not gerbang's own (an \
+             emulator's, such as qemu-user's)"
+        );
+    }
+    if !restricted.missing.is_empty() {
+        warn!(
+            missing = %restricted.missing,
+            "started without capabilities the running controller uses: the operations \
+             that need them will fail"
+        );
+    }
+    Ok(())
 }
 
 /// `gerbang backend ...` and `gerbang reload`: one request to a running gerbang.

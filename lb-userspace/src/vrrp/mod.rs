@@ -20,7 +20,8 @@
 mod garp;
 mod instance;
 mod notify;
-mod packet;
+/// Public for the fuzz targets (`fuzz/`), which feed it arbitrary packets.
+pub mod packet;
 mod socket;
 mod state;
 mod track;
