@@ -33,24 +33,30 @@ pub fn to_backend(ctx: &XdpContext, pkt: &Parsed, service: &Service) -> Event {
     let now = unsafe { bpf_ktime_get_ns() };
     let timeouts = timeouts();
 
-    let flow = match FLOWS.get_ptr_mut(key) {
-        Some(existing)
-            if is_live(unsafe { &*existing }, pkt, &timeouts, now)
-                && !(opens_a_flow(pkt) && backend_cut(unsafe { (*existing).backend_id })) =>
-        {
+    let found = FLOWS.get_ptr_mut(key);
+    let continued = match found {
+        Some(existing) if is_live(unsafe { &*existing }, pkt, &timeouts, now) => {
             let existing = unsafe { &mut *existing };
-            if backend_cut(existing.backend_id) {
+            if !backend_cut(existing.backend_id) {
+                refresh(existing, now, client_flags(pkt));
+                Some(*existing)
+            } else if opens_a_flow(pkt) {
+                // Its backend was cut: a SYN or a datagram starts a new flow below.
+                None
+            } else {
                 let flow = *existing;
                 retire(&key, &flow);
                 counters::count_drop(flow.service_id, Some(flow.backend_id));
                 return cut(ctx, pkt, Event::RstBackendDown, Event::DropBackendDown);
             }
-            refresh(existing, now, client_flags(pkt));
-            *existing
         }
-        stale => {
-            if let Some(stale) = stale {
-                retire(&key, unsafe { &*stale });
+        _ => None,
+    };
+    let flow = match continued {
+        Some(flow) => flow,
+        None => {
+            if let Some(old) = found {
+                retire(&key, unsafe { &*old });
             }
             if pkt.proto == PROTO_TCP && !is_new_syn(pkt) {
                 // Mid-connection with no flow: the backend would not know it either.
