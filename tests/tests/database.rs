@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Result, anyhow, bail};
-use gerbang::dataplane::{BackendState, ServicePlan};
+use gerbang::dataplane::BackendState;
 use gerbang_testbed::{HttpBackend, TwoArm, curl, http_get};
 use mysql_async::prelude::Queryable as _;
 use support::{
@@ -72,40 +72,6 @@ fn service(
             &format!("  [[service.backend]]\n  name = \"{backend}\"\n  address = \"{address}\"\n");
     }
     text
-}
-
-fn plan_of(gerbang: &InProcess, service: &str) -> ServicePlan {
-    let status = gerbang.status();
-    status
-        .plan
-        .services
-        .into_iter()
-        .find(|s| s.name == service)
-        .unwrap_or_else(|| panic!("no service {service}"))
-}
-
-fn state_of(gerbang: &InProcess, service: &str, backend: &str) -> BackendState {
-    plan_of(gerbang, service)
-        .backends
-        .iter()
-        .find(|b| b.name == backend)
-        .unwrap_or_else(|| panic!("no backend {service}/{backend}"))
-        .state
-}
-
-/// Waits until `service/backend` is in `state`.
-fn wait_for_state(gerbang: &InProcess, service: &str, backend: &str, state: BackendState) {
-    wait_until(Duration::from_secs(20), || {
-        let now = state_of(gerbang, service, backend);
-        if now == state {
-            Ok(())
-        } else {
-            Err(anyhow!(
-                "{service}/{backend} is {now:?}, waiting for {state:?}"
-            ))
-        }
-    })
-    .unwrap();
 }
 
 /// The last check result of `service/backend` once it is DOWN.
@@ -265,14 +231,17 @@ fn postgres_streaming_replication() {
     t.client
         .run(|| {
             let client = Client::new(t.vip);
-            wait_for_state(&gerbang, "pg-write", "pg1", BackendState::Active);
-            wait_for_state(&gerbang, "pg-read", "pg2", BackendState::Active);
+            gerbang.wait_for_backend_state("pg-write", "pg1", BackendState::Active);
+            gerbang.wait_for_backend_state("pg-read", "pg2", BackendState::Active);
             for _ in 0..5 {
                 assert_eq!(client.pg(PG_WRITE, WRITE_PG).unwrap(), s1);
                 assert_eq!(client.pg(PG_READ, READ_PG).unwrap(), s2);
             }
-            assert_eq!(state_of(&gerbang, "pg-write", "pg2"), BackendState::Down);
-            assert_eq!(state_of(&gerbang, "pg-read", "pg1"), BackendState::Standby);
+            assert_eq!(gerbang.backend_state("pg-write", "pg2"), BackendState::Down);
+            assert_eq!(
+                gerbang.backend_state("pg-read", "pg1"),
+                BackendState::Standby
+            );
 
             // Replay paused while the primary writes: the replica falls behind, leaves
             // the read set, and reads go to the primary until it has caught up.
@@ -281,7 +250,7 @@ fn postgres_streaming_replication() {
             wait_until(Duration::from_secs(20), || {
                 client.pg(PG_WRITE, WRITE_PG)?;
                 thread::sleep(Duration::from_millis(100));
-                match state_of(&gerbang, "pg-read", "pg2") {
+                match gerbang.backend_state("pg-read", "pg2") {
                     BackendState::Down => Ok(()),
                     other => Err(anyhow!("pg2 is {other:?}")),
                 }
@@ -293,7 +262,7 @@ fn postgres_streaming_replication() {
             );
             assert_eq!(client.pg(PG_READ, READ_PG).unwrap(), s1);
             replica.psql("SELECT pg_wal_replay_resume()").unwrap();
-            wait_for_state(&gerbang, "pg-read", "pg2", BackendState::Active);
+            gerbang.wait_for_backend_state("pg-read", "pg2", BackendState::Active);
             assert_eq!(client.pg(PG_READ, READ_PG).unwrap(), s2);
 
             // Failover: the replica is promoted, the old primary stopped.
@@ -306,8 +275,8 @@ fn postgres_streaming_replication() {
                  primary stopped",
                 promoted.elapsed()
             );
-            assert_eq!(state_of(&gerbang, "pg-write", "pg1"), BackendState::Down);
-            assert_eq!(plan_of(&gerbang, "pg-write").conflict, None);
+            assert_eq!(gerbang.backend_state("pg-write", "pg1"), BackendState::Down);
+            assert_eq!(gerbang.service_plan("pg-write").conflict, None);
             // No replica left: reads fall back to the new primary.
             assert_eq!(client.pg(PG_READ, READ_PG).unwrap(), s2);
         })
@@ -347,7 +316,7 @@ fn two_primaries_stop_the_write_service() {
         );
     let gerbang = InProcess::start(&t.lb, &config).unwrap();
     let plan = wait_until(Duration::from_secs(20), || {
-        let plan = plan_of(&gerbang, "pg-write");
+        let plan = gerbang.service_plan("pg-write");
         match plan.conflict {
             Some(_) => Ok(plan),
             None => bail!("no conflict yet: {plan:?}"),
@@ -382,8 +351,8 @@ fn two_primaries_stop_the_write_service() {
             }
             // One of them goes: the other is the primary.
             servers[1].stop();
-            wait_for_state(&gerbang, "pg-write", "pg1", BackendState::Active);
-            assert_eq!(plan_of(&gerbang, "pg-write").conflict, None);
+            gerbang.wait_for_backend_state("pg-write", "pg1", BackendState::Active);
+            assert_eq!(gerbang.service_plan("pg-write").conflict, None);
             assert_eq!(client.pg(PG_WRITE, WRITE_PG).unwrap(), a1.to_string());
         })
         .unwrap();
@@ -454,8 +423,8 @@ fn mariadb_replication() {
     t.client
         .run(|| {
             let client = Client::new(t.vip);
-            wait_for_state(&gerbang, "my-rw", "db1", BackendState::Active);
-            wait_for_state(&gerbang, "my-ro", "db2", BackendState::Active);
+            gerbang.wait_for_backend_state("my-rw", "db1", BackendState::Active);
+            gerbang.wait_for_backend_state("my-ro", "db2", BackendState::Active);
             for _ in 0..5 {
                 assert_eq!(client.my(MY_RW, WRITE).unwrap(), "1");
                 assert_eq!(client.my(MY_RO, READ).unwrap(), "2");
@@ -463,10 +432,10 @@ fn mariadb_replication() {
 
             // The replica stops applying: it leaves the read set, reads go to the primary.
             db2.sql("STOP SLAVE SQL_THREAD").unwrap();
-            wait_for_state(&gerbang, "my-ro", "db2", BackendState::Down);
+            gerbang.wait_for_backend_state("my-ro", "db2", BackendState::Down);
             assert_eq!(client.my(MY_RO, READ).unwrap(), "1");
             db2.sql("START SLAVE SQL_THREAD").unwrap();
-            wait_for_state(&gerbang, "my-ro", "db2", BackendState::Active);
+            gerbang.wait_for_backend_state("my-ro", "db2", BackendState::Active);
             assert_eq!(client.my(MY_RO, READ).unwrap(), "2");
 
             // A write connection open on the primary when it is demoted...
@@ -477,7 +446,7 @@ fn mariadb_replication() {
                 .unwrap();
             let took = time_until("2", || client.my(MY_RW, WRITE));
             eprintln!("writes land on the promoted replica {took:?} after the promotion");
-            assert_eq!(state_of(&gerbang, "my-rw", "db1"), BackendState::Down);
+            assert_eq!(gerbang.backend_state("my-rw", "db1"), BackendState::Down);
             // ...is cut: its next statement meets a reset, not the server.
             match client.my_on(&mut held, READ) {
                 Err(err) => assert!(
@@ -559,8 +528,11 @@ fn galera_nodes() {
         .run(|| {
             let client = Client::new(t.vip);
             // First available: one member takes the writes, the other stands by.
-            wait_for_state(&gerbang, "galera-rw", "g1", BackendState::Active);
-            assert_eq!(state_of(&gerbang, "galera-rw", "g2"), BackendState::Standby);
+            gerbang.wait_for_backend_state("galera-rw", "g1", BackendState::Active);
+            assert_eq!(
+                gerbang.backend_state("galera-rw", "g2"),
+                BackendState::Standby
+            );
             assert_eq!(client.my(MY_RW, WRITE).unwrap(), "1");
             // Desynced (as a donor is): not a member any more, the other one takes over.
             nodes[0].sql("SET GLOBAL wsrep_desync = ON").unwrap();
@@ -569,7 +541,7 @@ fn galera_nodes() {
                 reason.starts_with("galera node not synced: wsrep_local_state 2 (Donor/Desynced)"),
                 "{reason}"
             );
-            wait_for_state(&gerbang, "galera-rw", "g2", BackendState::Active);
+            gerbang.wait_for_backend_state("galera-rw", "g2", BackendState::Active);
             assert_eq!(client.my(MY_RW, WRITE).unwrap(), "2");
         })
         .unwrap();
@@ -660,9 +632,9 @@ fn bad_backends_are_down_with_a_reason() {
     );
 
     // The database that works is unaffected.
-    wait_for_state(&gerbang, "pg", "real", BackendState::Active);
+    gerbang.wait_for_backend_state("pg", "real", BackendState::Active);
     for backend in ["silent", "http", "ancient"] {
-        assert_eq!(state_of(&gerbang, "pg", backend), BackendState::Down);
+        assert_eq!(gerbang.backend_state("pg", backend), BackendState::Down);
     }
     t.client
         .run(|| {
@@ -719,6 +691,6 @@ fn patroni_style_endpoints() {
         other => bail!("{other:?}"),
     })
     .unwrap();
-    assert_eq!(state_of(&gerbang, "leader", "node0"), BackendState::Down);
+    assert_eq!(gerbang.backend_state("leader", "node0"), BackendState::Down);
     gerbang.stop().unwrap();
 }

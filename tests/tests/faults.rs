@@ -268,42 +268,6 @@ fn ms(d: Duration) -> String {
 
 // ---- gerbang's view ----
 
-fn state_of(gerbang: &InProcess, service: &str, backend: &str) -> BackendState {
-    let status = gerbang.status();
-    let service = status
-        .plan
-        .services
-        .iter()
-        .find(|s| s.name == service)
-        .unwrap_or_else(|| panic!("no service {service}"));
-    service
-        .backends
-        .iter()
-        .find(|b| b.name == backend)
-        .unwrap_or_else(|| panic!("no backend {backend}"))
-        .state
-}
-
-/// Waits until the applied plan shows `backend` in `state`; when it was seen.
-fn wait_for_state(
-    gerbang: &InProcess,
-    service: &str,
-    backend: &str,
-    state: BackendState,
-) -> Instant {
-    wait_until(Duration::from_secs(20), || {
-        let now = state_of(gerbang, service, backend);
-        if now == state {
-            Ok(Instant::now())
-        } else {
-            Err(anyhow!(
-                "{service}/{backend} is {now:?}, waiting for {state:?}"
-            ))
-        }
-    })
-    .unwrap()
-}
-
 /// The last check result of `service/backend`.
 fn last_result(gerbang: &InProcess, service: &str, backend: &str) -> String {
     let status = gerbang.status();
@@ -383,7 +347,7 @@ fn backend_fault(mode: Mode, fault: Fault) {
     let mut servers: Vec<ChildGuard> = (0..3).map(|i| backend_process(&t, i)).collect();
     let gerbang = InProcess::start(&t.lb, &web_config(&t, mode, &check.lines())).unwrap();
     for b in ["b0", "b1", "b2"] {
-        wait_for_state(&gerbang, "web", b, BackendState::Active);
+        gerbang.wait_for_backend_state("web", b, BackendState::Active);
     }
     let vip = SocketAddrV4::new(t.vip, 80);
     // Clients wait longer than the detection window for a connection: a SYN that went to
@@ -405,7 +369,7 @@ fn backend_fault(mode: Mode, fault: Fault) {
                 .unwrap();
         }
     }
-    let down = wait_for_state(&gerbang, "web", "b1", BackendState::Down);
+    let down = gerbang.wait_for_backend_state("web", "b1", BackendState::Down);
     let reason = last_result(&gerbang, "web", "b1");
     thread::sleep(Duration::from_millis(800));
 
@@ -430,7 +394,7 @@ fn backend_fault(mode: Mode, fault: Fault) {
                 .unwrap();
         }
     }
-    let up = wait_for_state(&gerbang, "web", "b1", BackendState::Active);
+    let up = gerbang.wait_for_backend_state("web", "b1", BackendState::Active);
     // Long enough for clients still waiting on a hung b1 (up to their 3 s) to go on.
     thread::sleep(Duration::from_millis(1200));
     let samples = load.finish();
@@ -526,8 +490,8 @@ fn xdp_a_source_port_reused_after_an_unanswered_attempt_is_served() {
         })
         .collect();
     let gerbang = InProcess::start(&t.lb, &web_config(&t, Mode::Xdp, &WEB_CHECK.lines())).unwrap();
-    wait_for_state(&gerbang, "web", "b0", BackendState::Active);
-    wait_for_state(&gerbang, "web", "b1", BackendState::Active);
+    gerbang.wait_for_backend_state("web", "b0", BackendState::Active);
+    gerbang.wait_for_backend_state("web", "b1", BackendState::Active);
     let vip = SocketAddrV4::new(t.vip, 80);
     let b1 = &t.backends[1];
     b1.ns
@@ -548,7 +512,7 @@ fn xdp_a_source_port_reused_after_an_unanswered_attempt_is_served() {
         }
     }
     let port = unanswered.expect("an attempt went to b1");
-    wait_for_state(&gerbang, "web", "b1", BackendState::Down);
+    gerbang.wait_for_backend_state("web", "b1", BackendState::Down);
     let again = t
         .client
         .run(|| get_from(port, vip, Duration::from_secs(2)))
@@ -638,7 +602,7 @@ fn lossy_link_every_request_is_answered(mode: Mode) {
         .collect();
     let gerbang = InProcess::start(&t.lb, &web_config(&t, mode, &LOSSY_CHECK.lines())).unwrap();
     for b in ["b0", "b1", "b2"] {
-        wait_for_state(&gerbang, "web", b, BackendState::Active);
+        gerbang.wait_for_backend_state("web", b, BackendState::Active);
     }
     lose_packets(&t.switch, &t.switch_lb_if);
 
@@ -649,7 +613,7 @@ fn lossy_link_every_request_is_answered(mode: Mode) {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(5) {
         for b in ["b0", "b1", "b2"] {
-            if state_of(&gerbang, "web", b) != BackendState::Active {
+            if gerbang.backend_state("web", b) != BackendState::Active {
                 downs.push((b, last_result(&gerbang, "web", b)));
             }
         }
@@ -1234,8 +1198,8 @@ fn a_killed_primary_leaves_writes_nowhere_until_a_promotion(mode: Mode) {
         Postgres::PORT,
     );
     let gerbang = InProcess::start(&t.lb, &config).unwrap();
-    wait_for_state(&gerbang, "pg-write", "pg1", BackendState::Active);
-    assert_eq!(state_of(&gerbang, "pg-write", "pg2"), BackendState::Down);
+    gerbang.wait_for_backend_state("pg-write", "pg1", BackendState::Active);
+    assert_eq!(gerbang.backend_state("pg-write", "pg2"), BackendState::Down);
     let vip = t.vip;
 
     t.client
@@ -1258,7 +1222,7 @@ fn a_killed_primary_leaves_writes_nowhere_until_a_promotion(mode: Mode) {
             let mut outage = Vec::new();
             let down = loop {
                 outage.push(write(vip, "outage"));
-                if state_of(&gerbang, "pg-write", "pg1") == BackendState::Down {
+                if gerbang.backend_state("pg-write", "pg1") == BackendState::Down {
                     break Instant::now();
                 }
                 thread::sleep(Duration::from_millis(50));

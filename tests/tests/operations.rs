@@ -107,42 +107,6 @@ fn tally(answers: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> {
     counts
 }
 
-fn state_of(gerbang: &InProcess, service: &str, backend: &str) -> BackendState {
-    let status = gerbang.status();
-    let service = status
-        .plan
-        .services
-        .iter()
-        .find(|s| s.name == service)
-        .unwrap();
-    service
-        .backends
-        .iter()
-        .find(|b| b.name == backend)
-        .unwrap()
-        .state
-}
-
-/// Waits until the plan shows `backend` in `state`; returns when it was seen.
-fn wait_for_state(
-    gerbang: &InProcess,
-    service: &str,
-    backend: &str,
-    state: BackendState,
-) -> Instant {
-    wait_until(Duration::from_secs(10), || {
-        let now = state_of(gerbang, service, backend);
-        if now == state {
-            Ok(Instant::now())
-        } else {
-            Err(anyhow::anyhow!(
-                "{service}/{backend} is {now:?}, waiting for {state:?}"
-            ))
-        }
-    })
-    .unwrap()
-}
-
 /// Requests on new connections, back to back, until stopped; each with its start time.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -188,7 +152,7 @@ fn a_failed_backend_leaves_rotation_and_no_later_request_fails(mode: Mode) {
     thread::sleep(Duration::from_millis(400));
     let stopped_at = Instant::now();
     servers[1].stop();
-    let down_at = wait_for_state(&gerbang, "web", "b1", BackendState::Down);
+    let down_at = gerbang.wait_for_backend_state("web", "b1", BackendState::Down);
     thread::sleep(Duration::from_millis(600));
     let restarted_at = Instant::now();
     servers[1] = HttpBackend::start(
@@ -197,7 +161,7 @@ fn a_failed_backend_leaves_rotation_and_no_later_request_fails(mode: Mode) {
         "b1",
     )
     .unwrap();
-    let up_at = wait_for_state(&gerbang, "web", "b1", BackendState::Active);
+    let up_at = gerbang.wait_for_backend_state("web", "b1", BackendState::Active);
     thread::sleep(Duration::from_millis(600));
     let results = load.finish();
     assert!(up_at > restarted_at);
@@ -269,9 +233,9 @@ fn the_backup_serves_only_while_no_primary_is_up(mode: Mode) {
 
     servers[0].stop();
     servers[1].stop();
-    wait_for_state(&gerbang, "web", "b0", BackendState::Down);
-    wait_for_state(&gerbang, "web", "b1", BackendState::Down);
-    assert_eq!(state_of(&gerbang, "web", "b2"), BackendState::Active);
+    gerbang.wait_for_backend_state("web", "b0", BackendState::Down);
+    gerbang.wait_for_backend_state("web", "b1", BackendState::Down);
+    assert_eq!(gerbang.backend_state("web", "b2"), BackendState::Active);
     assert_eq!(get(10), BTreeMap::from([("b2".into(), 10)]));
 
     servers[0] = HttpBackend::start(
@@ -280,8 +244,8 @@ fn the_backup_serves_only_while_no_primary_is_up(mode: Mode) {
         "b0",
     )
     .unwrap();
-    wait_for_state(&gerbang, "web", "b0", BackendState::Active);
-    assert_eq!(state_of(&gerbang, "web", "b2"), BackendState::Standby);
+    gerbang.wait_for_backend_state("web", "b0", BackendState::Active);
+    assert_eq!(gerbang.backend_state("web", "b2"), BackendState::Standby);
     assert_eq!(get(10), BTreeMap::from([("b0".into(), 10)]));
     gerbang.stop().unwrap();
 }
@@ -327,7 +291,10 @@ fn drain_through_the_cli_keeps_live_connections_and_moves_new_ones(mode: Mode) {
         said.contains(&format!("stream/{name} is drain (was ready)")),
         "{said}"
     );
-    assert_eq!(state_of(&gerbang, "stream", &name), BackendState::Standby);
+    assert_eq!(
+        gerbang.backend_state("stream", &name),
+        BackendState::Standby
+    );
     for i in 0..12 {
         let mut short = TcpStreamClient::connect(&t.client, vip).unwrap();
         assert_eq!(short.echo(b"x").unwrap(), b"x", "connection {i}");
@@ -390,13 +357,17 @@ fn a_stopped_process_is_marked_down_by_the_http_check(mode: Mode) {
     )
     .unwrap();
     wait_until(Duration::from_secs(5), || http_get(&t.client, vip)).unwrap();
+    // The backends are processes of their own: b0 may have been checked before it listened.
+    for b in &t.backends {
+        gerbang.wait_for_backend_state("web", &format!("b{}", b.index), BackendState::Active);
+    }
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(backends[0].pid() as i32),
         nix::sys::signal::Signal::SIGSTOP,
     )
     .unwrap();
-    wait_for_state(&gerbang, "web", "b0", BackendState::Down);
+    gerbang.wait_for_backend_state("web", "b0", BackendState::Down);
     let health = gerbang.status().health;
     let b0 = health.iter().find(|h| h.key.1 == "b0").unwrap();
     assert!(
@@ -414,7 +385,7 @@ fn a_stopped_process_is_marked_down_by_the_http_check(mode: Mode) {
         nix::sys::signal::Signal::SIGCONT,
     )
     .unwrap();
-    wait_for_state(&gerbang, "web", "b0", BackendState::Active);
+    gerbang.wait_for_backend_state("web", "b0", BackendState::Active);
     gerbang.stop().unwrap();
 }
 
@@ -481,8 +452,8 @@ fn no_backend_up_means_connections_are_refused_at_once(mode: Mode) {
     for server in &mut servers {
         server.stop();
     }
-    wait_for_state(&gerbang, "web", "b0", BackendState::Down);
-    wait_for_state(&gerbang, "web", "b1", BackendState::Down);
+    gerbang.wait_for_backend_state("web", "b0", BackendState::Down);
+    gerbang.wait_for_backend_state("web", "b1", BackendState::Down);
     let vip = SocketAddrV4::new(t.vip, 80);
     let started = Instant::now();
     let err = http_get(&t.client, vip).unwrap_err();
@@ -524,7 +495,7 @@ fn established_flows_of_a_down_backend(mode: Mode, policy: &str, cut: bool) {
     assert_eq!(long.echo(b"hello").unwrap(), b"hello");
     // b0 takes the first flow; make its HTTP check fail while its stream server runs on.
     http[0].set_status(503);
-    wait_for_state(&gerbang, "stream", "b0", BackendState::Down);
+    gerbang.wait_for_backend_state("stream", "b0", BackendState::Down);
     let started = Instant::now();
     let result = long.echo(b"after");
     if cut {

@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use gerbang::{
     config::Config,
     controller::{Controller, Status, StopMode},
-    dataplane::{AdminState, xdp::TrafficReport},
+    dataplane::{AdminState, BackendState, ServicePlan, xdp::TrafficReport},
 };
 use gerbang_testbed::{Netns, NsThread};
 use tokio::sync::{mpsc, oneshot};
@@ -123,6 +123,46 @@ impl InProcess {
 
     pub fn status(&self) -> Status {
         self.ask(Request::Status).unwrap()
+    }
+
+    /// The applied plan of `service`.
+    pub fn service_plan(&self, service: &str) -> ServicePlan {
+        self.status()
+            .plan
+            .services
+            .into_iter()
+            .find(|s| s.name == service)
+            .unwrap_or_else(|| panic!("no service {service} in the plan"))
+    }
+
+    /// `service/backend`'s state in the applied plan.
+    pub fn backend_state(&self, service: &str, backend: &str) -> BackendState {
+        self.service_plan(service)
+            .backends
+            .iter()
+            .find(|b| b.name == backend)
+            .unwrap_or_else(|| panic!("no backend {service}/{backend}"))
+            .state
+    }
+
+    /// Waits until the applied plan shows `service/backend` in `state`; when it was seen.
+    pub fn wait_for_backend_state(
+        &self,
+        service: &str,
+        backend: &str,
+        state: BackendState,
+    ) -> Instant {
+        wait_until(Duration::from_secs(20), || {
+            let now = self.backend_state(service, backend);
+            if now == state {
+                Ok(Instant::now())
+            } else {
+                Err(anyhow!(
+                    "{service}/{backend} is {now:?}, waiting for {state:?}"
+                ))
+            }
+        })
+        .unwrap()
     }
 
     pub fn reload(&self) -> Result<String> {
