@@ -10,8 +10,8 @@
 //!   (`mode tcp`, `balance roundrobin`, `source` = the SNAT address), same backends, with
 //!   keep-alive and with a new connection per request.
 //!
-//! The proxy runs in a process of its own (this test binary re-run), on a multi-thread
-//! runtime as the binary runs it unless said otherwise.
+//! The proxy runs in a process of its own (this test binary re-run), as the binary runs
+//! it (a relay thread per CPU) unless said otherwise.
 
 mod support;
 
@@ -140,8 +140,8 @@ fn push(stream: &mut TcpStream, total: usize, proxy: u32) -> (f64, f64) {
 
 /// `wrk` (2 threads, 50 connections, 5 s) through each contender, three rounds, with
 /// keep-alive and with a new connection per request. Contenders: the proxy in each relay
-/// mode on a multi-thread runtime and HAProxy with one thread per CPU; then the proxy on
-/// a current-thread runtime and HAProxy with `nbthread 1`, which compares the work per
+/// mode with a relay thread per CPU and HAProxy with one thread per CPU; then the proxy
+/// with one relay thread and HAProxy with `nbthread 1`, which compares the work per
 /// request without the schedulers.
 #[test]
 #[ignore = "benchmark"]

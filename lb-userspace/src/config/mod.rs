@@ -203,12 +203,17 @@ pub struct DataplaneConfig {
     /// Debug log lines the XDP program may emit per second on each CPU; 0 (the default)
     /// builds the program without them.
     pub xdp_log_rate: u32,
+    /// Threads the userspace proxy relays TCP connections on; 0 (the default) is one per
+    /// CPU the process may use.
+    pub proxy_threads: u32,
 }
 
 impl DataplaneConfig {
     /// The most log lines per second per CPU `xdp_log_rate` allows: enough to follow a
     /// test client, too few to drown a busy host in logs.
     pub const MAX_XDP_LOG_RATE: u32 = 1000;
+    /// The most relay threads `proxy_threads` allows: more than CPUs only adds switching.
+    pub const MAX_PROXY_THREADS: u32 = 256;
     /// Where maps are pinned when the file does not say.
     pub const DEFAULT_PIN_PATH: &'static str = "/sys/fs/bpf/gerbang";
 }

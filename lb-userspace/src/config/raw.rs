@@ -41,6 +41,7 @@ pub(super) struct RawDataplane {
     pub flow_table_size: Leaf,
     pub pin_path: Leaf,
     pub xdp_log_rate: Leaf,
+    pub proxy_threads: Leaf,
 }
 
 #[derive(Deserialize, Default)]

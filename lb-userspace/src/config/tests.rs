@@ -189,6 +189,7 @@ fn defaults() {
                 flow_table_size: 65536,
                 pin_path: PathBuf::from("/sys/fs/bpf/gerbang"),
                 xdp_log_rate: 0,
+                proxy_threads: 0,
             },
             timeouts: FlowTimeouts {
                 tcp_syn: Duration::from_secs(30),
@@ -252,6 +253,7 @@ snat_address = "10.0.0.1"
 snat_ports = "20000-29999"
 flow_table_size = 1024
 xdp_log_rate = 20
+proxy_threads = 3
 [timeouts]
 tcp_syn = "200ms"
 tcp_established = "1h"
@@ -276,6 +278,7 @@ backend = [{ name = "a", address = "10.0.1.1:53" }, { name = "b", address = "10.
     );
     assert_eq!(config.dataplane.flow_table_size, 1024);
     assert_eq!(config.dataplane.xdp_log_rate, 20);
+    assert_eq!(config.dataplane.proxy_threads, 3);
     assert_eq!(config.timeouts.tcp_syn, Duration::from_millis(200));
     assert_eq!(config.timeouts.udp, Duration::from_secs(120));
     let service = &config.services[0];
@@ -396,7 +399,7 @@ fn unknown_keys() {
     assert_eq!(
         message,
         "unknown field `interface`, expected one of `mode`, `interfaces`, `attach`, `snat_address`, \
-         `snat_ports`, `flow_table_size`, `pin_path`, `xdp_log_rate`"
+         `snat_ports`, `flow_table_size`, `pin_path`, `xdp_log_rate`, `proxy_threads`"
     );
     let message = only_problem(
         &edit("  name = \"web1\"\n", "  name = \"web1\"\n  port = 3\n"),
@@ -2692,6 +2695,20 @@ fn proxy_options_need_userspace_mode_and_tcp() {
         message.contains("\"auto\", \"xdp\", \"userspace\""),
         "{message}"
     );
+}
+
+#[test]
+fn proxy_threads_are_bounded() {
+    let text = MINIMAL.replacen("[dataplane]\n", "[dataplane]\nproxy_threads = 257\n", 1);
+    let message = only_problem(&text, 2, "dataplane.proxy_threads");
+    assert_eq!(
+        message,
+        "257 is out of range: allowed 0 (one per CPU, the default) to 256"
+    );
+    let text = MINIMAL.replacen("[dataplane]\n", "[dataplane]\nproxy_threads = -1\n", 1);
+    only_problem(&text, 2, "dataplane.proxy_threads");
+    let text = MINIMAL.replacen("[dataplane]\n", "[dataplane]\nproxy_threads = \"all\"\n", 1);
+    only_problem(&text, 2, "dataplane.proxy_threads");
 }
 
 #[test]

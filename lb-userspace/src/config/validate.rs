@@ -120,6 +120,7 @@ fn assemble(
             flow_table_size: dataplane.flow_table_size?,
             pin_path: dataplane.pin_path?,
             xdp_log_rate: dataplane.xdp_log_rate?,
+            proxy_threads: dataplane.proxy_threads?,
         },
         timeouts: timeouts?,
         services: services?,
@@ -154,6 +155,7 @@ struct DataplaneDraft {
     flow_table_size: Checked<u32>,
     pin_path: Checked<PathBuf>,
     xdp_log_rate: Checked<u32>,
+    proxy_threads: Checked<u32>,
 }
 
 /// One `[[service]]`, checked field by field; the checks across services read it.
@@ -371,6 +373,7 @@ impl Checker<'_> {
             snat_ports: self.snat_ports(&table.snat_ports),
             flow_table_size: self.flow_table_size(&table.flow_table_size),
             xdp_log_rate: self.xdp_log_rate(&table.xdp_log_rate),
+            proxy_threads: self.proxy_threads(&table.proxy_threads),
             pin_path: self.path(
                 &table.pin_path,
                 "dataplane.pin_path",
@@ -568,6 +571,26 @@ impl Checker<'_> {
             },
             other => format!(
                 "expected a number of lines, found {}: {allowed}",
+                describe(other)
+            ),
+        };
+        Err(self.report(Some(value.span()), FIELD, message))
+    }
+
+    fn proxy_threads(&mut self, leaf: &Leaf) -> Checked<u32> {
+        const FIELD: &str = "dataplane.proxy_threads";
+        let Some(value) = leaf else {
+            return Ok(0);
+        };
+        let max = DataplaneConfig::MAX_PROXY_THREADS;
+        let allowed = format!("allowed 0 (one per CPU, the default) to {max}");
+        let message = match value.get_ref() {
+            Value::Integer(n) => match u32::try_from(*n) {
+                Ok(threads) if threads <= max => return Ok(threads),
+                _ => format!("{n} is out of range: {allowed}"),
+            },
+            other => format!(
+                "expected a number of threads, found {}: {allowed}",
                 describe(other)
             ),
         };

@@ -305,6 +305,10 @@ impl Core {
                 "dataplane.xdp_log_rate",
                 new.dataplane.xdp_log_rate != old.dataplane.xdp_log_rate,
             ),
+            (
+                "dataplane.proxy_threads",
+                new.dataplane.proxy_threads != old.dataplane.proxy_threads,
+            ),
             ("control.socket", new.control.socket != old.control.socket),
             ("[http]", new.http != old.http),
             ("[[vrrp]]", new.vrrp != old.vrrp),

@@ -201,8 +201,9 @@ pub const CHILD_CONFIG_ENV: &str = "GERBANG_PROXY_CHILD_CONFIG";
 /// Environment variable choosing the child's relay mode: `copy`, `splice`, else auto.
 pub const CHILD_RELAY_ENV: &str = "GERBANG_PROXY_CHILD_RELAY";
 
-/// Environment variable that makes the child run on a current-thread runtime (`1`)
-/// rather than a multi-thread one.
+/// Environment variable that makes the child run on a current-thread runtime with one
+/// relay thread (`1`) rather than as the binary runs (a multi-thread runtime, a relay
+/// thread per CPU).
 pub const CHILD_SINGLE_THREAD_ENV: &str = "GERBANG_PROXY_CHILD_SINGLE_THREAD";
 
 /// The proxy in a process of its own: this test binary re-run with [`CHILD_CONFIG_ENV`]
@@ -213,8 +214,8 @@ pub struct ProxyProcess {
 
 impl ProxyProcess {
     /// Starts this test binary as a proxy for `config` in `ns`, running only the test
-    /// named `child_test` (which must call [`child_main`]), on one thread or on a
-    /// multi-thread runtime (as the binary runs it).
+    /// named `child_test` (which must call [`child_main`]), with one relay thread or as the
+    /// binary runs it (see [`CHILD_SINGLE_THREAD_ENV`]).
     pub fn start(
         ns: &Netns,
         config_path: &Path,
@@ -273,7 +274,8 @@ pub fn child_main() {
     let Some(path) = std::env::var_os(CHILD_CONFIG_ENV) else {
         return;
     };
-    let config = Config::load(Path::new(&path)).expect("child proxy config");
+    let mut config = Config::load(Path::new(&path)).expect("child proxy config");
+    let single_thread = std::env::var(CHILD_SINGLE_THREAD_ENV).as_deref() == Ok("1");
     let relay = match std::env::var(CHILD_RELAY_ENV).as_deref() {
         Ok("copy") => RelayMode::Copy,
         Ok("splice") => RelayMode::Splice,
@@ -283,7 +285,8 @@ pub fn child_main() {
         relay,
         ..ProxyOptions::default()
     };
-    let runtime = if std::env::var(CHILD_SINGLE_THREAD_ENV).as_deref() == Ok("1") {
+    let runtime = if single_thread {
+        config.dataplane.proxy_threads = 1;
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()

@@ -13,8 +13,9 @@
 //! `splice(2)`d through a pipe once they carry bulk data; half-close passed on). That
 //! allows what XDP cannot do: a PROXY v2 header towards backends that want the client's
 //! address, a per-service connection limit, and a retry on another backend when one does
-//! not accept (HAProxy's `redispatch`). UDP is relayed through a per-client session
-//! ([`udp`]).
+//! not accept (HAProxy's `redispatch`). TCP connections are accepted and relayed on
+//! threads of their own, each with its own listener ([`shard`]). UDP is relayed through a
+//! per-client session ([`udp`]) on the caller's runtime.
 //!
 //! # Counters
 //!
@@ -43,6 +44,7 @@
 mod proxy_v2;
 mod relay;
 mod schedule;
+mod shard;
 mod socket;
 mod state;
 mod tcp;
@@ -118,11 +120,13 @@ struct Settings {
     epoch: Instant,
 }
 
-/// The running proxy: a listener task per service.
+/// The running proxy: per TCP service a listener task on every relay thread
+/// ([`shard`]), per UDP service one task on the caller's runtime.
 pub struct ProxyDataplane {
     services: Vec<Arc<Service>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    shards: Vec<shard::Shard>,
 }
 
 impl ProxyDataplane {
@@ -158,6 +162,7 @@ impl ProxyDataplane {
                 .unwrap_or(usize::MAX),
             epoch: Instant::now(),
         });
+        let shards = shard::start_all(config.dataplane.proxy_threads)?;
         let (stop, stopped) = watch::channel(false);
         let mut services = Vec::new();
         let mut tasks = Vec::new();
@@ -186,28 +191,33 @@ impl ProxyDataplane {
                     service.name, service.protocol, service.listen
                 )
             };
-            let task = match service.protocol {
+            match service.protocol {
                 Protocol::Tcp => {
-                    let listener = socket::tcp_listener(service.listen).with_context(context)?;
-                    tokio::spawn(tcp::serve(
-                        listener,
-                        shared.clone(),
-                        settings.clone(),
-                        stopped.clone(),
-                    ))
+                    for shard in &shards {
+                        // Registers the listener with the relay thread's runtime.
+                        let _runtime = shard.runtime.enter();
+                        let listener =
+                            socket::tcp_listener(service.listen).with_context(context)?;
+                        tasks.push(shard.runtime.spawn(tcp::serve(
+                            listener,
+                            shared.clone(),
+                            settings.clone(),
+                            stopped.clone(),
+                        )));
+                    }
                 }
                 Protocol::Udp => {
                     let vip = socket::udp_socket(service.listen, true)
                         .and_then(tokio::net::UdpSocket::from_std)
                         .with_context(context)?;
-                    tokio::spawn(udp::serve(
+                    tasks.push(tokio::spawn(udp::serve(
                         vip,
                         shared.clone(),
                         settings.clone(),
                         stopped.clone(),
-                    ))
+                    )));
                 }
-            };
+            }
             info!(
                 service = %service.name,
                 listen = %service.listen,
@@ -216,12 +226,12 @@ impl ProxyDataplane {
                 "proxy listening"
             );
             services.push(shared);
-            tasks.push(task);
         }
         Ok(Self {
             services,
             stop,
             tasks,
+            shards,
         })
     }
 
@@ -307,6 +317,9 @@ impl ProxyDataplane {
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+        for shard in self.shards {
+            shard.stop().await;
         }
     }
 }

@@ -102,7 +102,10 @@ pub(super) async fn relay(
         one_way(mode, client_in, backend_out, meters, Direction::ToBackend),
         one_way(mode, backend_in, client_out, meters, Direction::ToClient),
     );
+    // Biased: the relay is what runs on every wakeup, and a fair select would draw a
+    // random number each time to decide which branch to poll first.
     tokio::select! {
+        biased;
         result = both_ways => match result {
             Ok(_) => Ending::Closed,
             Err(err) => Ending::Failed(err),

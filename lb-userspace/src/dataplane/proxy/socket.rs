@@ -21,6 +21,8 @@ const LISTEN_BACKLOG: u32 = 1024;
 pub(super) fn tcp_listener(addr: SocketAddrV4) -> io::Result<TcpListener> {
     let socket = TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;
+    // One listener per relay thread on the same address.
+    socket.set_reuseport(true)?;
     setsockopt(&socket, sockopt::IpFreebind, &true)?;
     socket.bind(addr.into())?;
     socket.listen(LISTEN_BACKLOG)
