@@ -22,13 +22,13 @@
 //!   ([`bpf_calls_need_cap_bpf`] tries it);
 //! - VRRP: adding and removing the virtual addresses (CAP_NET_ADMIN); its raw and packet
 //!   sockets are open, and sending on them needs nothing;
-//! - the userspace proxy: nothing; its listeners are bound at start, and a reload cannot add
-//!   one;
+//! - the userspace proxy: binding the listeners of services a reload adds or moves, which
+//!   on ports below 1024 needs CAP_NET_BIND_SERVICE; forwarding needs nothing;
 //! - reading the configuration file and password files again on reload, and the control
 //!   socket: files owned by root, which gerbang still is (uid 0), so no CAP_DAC_OVERRIDE.
 //!
 //! Configuration changes that would need more (`dataplane.mode`, `flow_table_size`,
-//! `[http]`, `[[vrrp]]`, a proxy's listen address) apply only at the next start.
+//! `[http]`, `[[vrrp]]`) apply only at the next start.
 //!
 //! # The drop
 //!
@@ -245,6 +245,12 @@ pub fn runtime_needs(running: Running) -> BTreeMap<Capability, Vec<&'static str>
                 .or_default()
                 .push("BPF map updates (this kernel checks every bpf() call)");
         }
+    }
+    if !running.xdp {
+        needs
+            .entry(Capability::NET_BIND_SERVICE)
+            .or_default()
+            .push("proxy listeners a reload adds on ports below 1024");
     }
     if running.vrrp {
         needs
@@ -742,15 +748,16 @@ mod tests {
             CapSet::of(&runtime_needs(running).into_keys().collect::<Vec<_>>())
         };
         let net_admin = CapSet::of(&[Capability::NET_ADMIN]);
+        let bind = CapSet::of(&[Capability::NET_BIND_SERVICE]);
         assert_eq!(set(true, false, false), net_admin);
         assert_eq!(set(true, true, false), net_admin);
         assert_eq!(
             set(true, false, true),
             CapSet::of(&[Capability::NET_ADMIN, Capability::BPF])
         );
-        assert_eq!(set(false, true, false), net_admin);
-        assert_eq!(set(false, true, true), net_admin);
-        assert_eq!(set(false, false, true), CapSet::EMPTY);
+        assert_eq!(set(false, true, false), net_admin.union(bind));
+        assert_eq!(set(false, true, true), net_admin.union(bind));
+        assert_eq!(set(false, false, true), bind);
     }
 
     /// Linux 6.5 and later let a thread without capabilities use a map it holds; this

@@ -576,6 +576,139 @@ fn reload_applies_only_valid_changes_and_keeps_unrelated_flows(mode: Mode) {
     gerbang.stop().unwrap();
 }
 
+/// A reload adds a service (it serves at once, the others' flows untouched), moves one to
+/// another port (the old port refuses, the new one serves) and removes one (its port
+/// refuses): what XDP does with its service map, the proxy does with its listeners.
+fn reload_adds_moves_and_removes_services(mode: Mode) {
+    let t = TwoArm::new(2).unwrap();
+    let streams = stream_servers(&t);
+    let _http = http_servers(&t);
+    let dir = TempDir::new();
+    let with = |services: &[(&str, u16, u16, &str)]| isolate(&config(&t, mode, services, all));
+    let path = dir.write(
+        "gerbang.toml",
+        &with(&[("stream", STREAM, STREAM, NO_CHECK)]),
+    );
+    let gerbang = InProcess::start_file(&t.lb, &path).unwrap();
+    let stream_vip = SocketAddrV4::new(t.vip, STREAM);
+    let web_vip = SocketAddrV4::new(t.vip, 80);
+    let mut long = TcpStreamClient::connect(&t.client, stream_vip).unwrap();
+    assert_eq!(long.echo(b"one").unwrap(), b"one");
+    assert!(http_get(&t.client, web_vip).is_err(), "no web service yet");
+
+    std::fs::write(
+        &path,
+        with(&[
+            ("stream", STREAM, STREAM, NO_CHECK),
+            ("web", 80, HTTP, NO_CHECK),
+        ]),
+    )
+    .unwrap();
+    let said = gerbang.reload().unwrap();
+    assert!(said.contains("2 services (was 1)"), "{said}");
+    let body = wait_until(Duration::from_secs(5), || http_get(&t.client, web_vip)).unwrap();
+    assert!(body.starts_with('b'), "answered by a backend: {body:?}");
+    assert_eq!(
+        long.echo(b"two").unwrap(),
+        b"two",
+        "the stream flow survived adding a service"
+    );
+
+    // "stream" moves to the next port; "web" goes.
+    let moved = SocketAddrV4::new(t.vip, STREAM + 1);
+    std::fs::write(&path, with(&[("stream", STREAM + 1, STREAM, NO_CHECK)])).unwrap();
+    let said = gerbang.reload().unwrap();
+    assert!(said.contains("1 services (was 2)"), "{said}");
+    let before = streams.iter().map(|s| s.connections()).sum::<u64>();
+    let mut client = wait_until(Duration::from_secs(5), || {
+        TcpStreamClient::connect(&t.client, moved)
+    })
+    .unwrap();
+    assert_eq!(client.echo(b"moved").unwrap(), b"moved");
+    assert_eq!(
+        streams.iter().map(|s| s.connections()).sum::<u64>(),
+        before + 1,
+        "the moved service reached a backend"
+    );
+    for (gone, what) in [
+        (stream_vip, "the old port"),
+        (web_vip, "the removed service"),
+    ] {
+        let started = Instant::now();
+        assert!(
+            TcpStreamClient::connect(&t.client, gone).is_err(),
+            "{what} ({gone}) still accepts"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{what} refuses at once"
+        );
+    }
+    gerbang.stop().unwrap();
+}
+
+/// The proxy binds a reload's new listeners before it changes anything: when one cannot
+/// be bound the reload is refused and the old services run on as they were; once it can,
+/// the new service listens and a kept service takes its new connection limit.
+#[test]
+fn a_proxy_reload_that_cannot_bind_changes_nothing() {
+    let t = TwoArm::new(2).unwrap();
+    let _streams = stream_servers(&t);
+    let _http = http_servers(&t);
+    let dir = TempDir::new();
+    let limited = format!("max_connections = 3\n{NO_CHECK}");
+    let with =
+        |services: &[(&str, u16, u16, &str)]| isolate(&config(&t, Mode::Userspace, services, all));
+    let path = dir.write(
+        "gerbang.toml",
+        &with(&[("stream", STREAM, STREAM, NO_CHECK)]),
+    );
+    let gerbang = InProcess::start_file(&t.lb, &path).unwrap();
+    let stream_vip = SocketAddrV4::new(t.vip, STREAM);
+    let web_vip = SocketAddrV4::new(t.vip, 81);
+    let mut open: Vec<TcpStreamClient> = (0..3)
+        .map(|_| TcpStreamClient::connect(&t.client, stream_vip).unwrap())
+        .collect();
+
+    // Something else holds the new service's port.
+    let squatter =
+        t.lb.run(|| std::net::TcpListener::bind(web_vip))
+            .unwrap()
+            .unwrap();
+    std::fs::write(
+        &path,
+        with(&[
+            ("stream", STREAM, STREAM, &limited),
+            ("web", 81, HTTP, NO_CHECK),
+        ]),
+    )
+    .unwrap();
+    let err = format!("{:#}", gerbang.reload().unwrap_err());
+    assert!(err.contains("service web: listening on tcp"), "{err}");
+    // The limit did not come in: a fourth connection is served.
+    open.push(TcpStreamClient::connect(&t.client, stream_vip).unwrap());
+    for stream in &mut open {
+        assert_eq!(stream.echo(b"still").unwrap(), b"still");
+    }
+
+    drop(squatter);
+    let said = gerbang.reload().unwrap();
+    assert!(said.contains("2 services (was 1)"), "{said}");
+    let body = wait_until(Duration::from_secs(5), || http_get(&t.client, web_vip)).unwrap();
+    assert!(body.starts_with('b'), "answered by a backend: {body:?}");
+    // Four open, limit three: the next connection is refused, the open ones go on.
+    let refused =
+        TcpStreamClient::connect(&t.client, stream_vip).and_then(|mut extra| extra.echo(b"over"));
+    assert!(
+        refused.is_err(),
+        "a connection over the new limit was served"
+    );
+    for stream in &mut open {
+        assert_eq!(stream.echo(b"after").unwrap(), b"after");
+    }
+    gerbang.stop().unwrap();
+}
+
 /// Which data plane a scenario runs on; every scenario runs on both, with the same
 /// assertions (a few about XDP's packet events only where XDP runs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -615,4 +748,5 @@ on_both_data_planes!(
     established_flows_of_a_down_backend_are_reset_by_default,
     established_flows_of_a_down_backend_continue_with_keep,
     reload_applies_only_valid_changes_and_keeps_unrelated_flows,
+    reload_adds_moves_and_removes_services,
 );

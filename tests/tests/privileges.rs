@@ -321,8 +321,9 @@ fn isolate_like(text: &str, head: &str) -> String {
     )
 }
 
-/// The userspace proxy with a VRRP instance: CAP_NET_ADMIN for the virtual address, and
-/// CAP_NET_RAW because `--keep-capability` asks for it. The address arrives after the drop,
+/// The userspace proxy with a VRRP instance: CAP_NET_ADMIN for the virtual address,
+/// CAP_NET_BIND_SERVICE for the proxy's reloads and CAP_NET_RAW because
+/// `--keep-capability` asks for it. The address arrives after the drop,
 /// a notify script runs with exactly the kept set, and SIGTERM takes the address away.
 #[test]
 fn vrrp_moves_its_address_and_scripts_inherit_the_kept_set() {
@@ -345,7 +346,11 @@ fn vrrp_moves_its_address_and_scripts_inherit_the_kept_set() {
     let config = dir.write("gerbang.toml", &text);
     let log = dir.path().join("gerbang.log");
     let mut gerbang = start(&t, &config, &log, &["--keep-capability", "net_raw"]);
-    let kept = CapSet::of(&[Capability::NET_ADMIN, Capability::NET_RAW]);
+    let kept = CapSet::of(&[
+        Capability::NET_ADMIN,
+        Capability::NET_RAW,
+        Capability::NET_BIND_SERVICE,
+    ]);
     assert_only(gerbang.pid(), kept);
     let said = read(&log);
     assert!(
@@ -403,39 +408,49 @@ fn vrrp_moves_its_address_and_scripts_inherit_the_kept_set() {
     );
 }
 
-/// The userspace proxy alone needs no capability at all once its listeners are bound; a
-/// reload still applies.
+/// The userspace proxy alone keeps only CAP_NET_BIND_SERVICE, with which a reload binds
+/// a new service on a port below 1024; a reload that reweights backends applies too.
 #[test]
-fn the_proxy_alone_keeps_nothing() {
+fn the_proxy_alone_keeps_only_net_bind_service() {
     let t = TwoArm::new(2).unwrap();
     let _servers = http_backends(&t);
-    let head = |weight0: u32| {
+    let service = |name: &str, port: u16, weight0: u32| {
         format!(
-            "[dataplane]\nmode = \"userspace\"\nsnat_address = \"{}\"\n\n\
-             [[service]]\nname = \"web\"\nlisten = \"{}:80\"\n\
+            "\n[[service]]\nname = \"{name}\"\nlisten = \"{}:{port}\"\n\
              [[service.backend]]\nname = \"b0\"\naddress = \"{}:8080\"\nweight = {weight0}\n\
              [[service.backend]]\nname = \"b1\"\naddress = \"{}:8080\"\n",
-            t.snat, t.vip, t.backends[0].addr, t.backends[1].addr
+            t.vip, t.backends[0].addr, t.backends[1].addr
         )
     };
-    let text = isolate(&head(1));
+    let head = format!(
+        "[dataplane]\nmode = \"userspace\"\nsnat_address = \"{}\"\n",
+        t.snat
+    );
+    let text = isolate(&(head.clone() + &service("web", 80, 1)));
     let socket = socket_of(&text);
     let dir = TempDir::new();
     let config = dir.write("gerbang.toml", &text);
     let log = dir.path().join("gerbang.log");
     let mut gerbang = start(&t, &config, &log, &[]);
-    assert_only(gerbang.pid(), CapSet::EMPTY);
-    assert!(read(&log).contains("kept=(none)"), "{}", read(&log));
+    assert_only(gerbang.pid(), CapSet::of(&[Capability::NET_BIND_SERVICE]));
+    assert!(
+        read(&log).contains("kept=CAP_NET_BIND_SERVICE"),
+        "{}",
+        read(&log)
+    );
 
     let vip = SocketAddrV4::new(t.vip, 80);
     wait_until(Duration::from_secs(10), || http_get(&t.client, vip)).unwrap();
-    std::fs::write(&config, isolate_like(&text, &head(0))).unwrap();
+    let reloaded = head + &service("web", 80, 0) + &service("admin", 81, 1);
+    std::fs::write(&config, isolate_like(&text, &reloaded)).unwrap();
     let answer = ctl(&["reload"], &socket).unwrap_or_else(|e| panic!("{e}\n{}", read(&log)));
-    assert!(answer.contains("reloaded"), "{answer}");
+    assert!(answer.contains("2 services (was 1)"), "{answer}");
     assert_eq!(
         tally(http_get_many(&t.client, vip, 4)),
         BTreeMap::from([("b1".into(), 4)])
     );
+    let admin = SocketAddrV4::new(t.vip, 81);
+    wait_until(Duration::from_secs(10), || http_get(&t.client, admin)).unwrap();
     let status = gerbang.terminate().unwrap();
     assert!(status.success(), "{}", read(&log));
 }

@@ -289,7 +289,7 @@ impl Core {
             .clone()
             .ok_or_else(|| anyhow!("gerbang was started without a configuration file"))?;
         let new = Config::load(&path)?;
-        self.dataplane.check_reload(&new)?;
+        self.dataplane.reconfigure(&new).await?;
         let old = &self.config;
         let mut notes = Vec::new();
         for (what, changed) in [

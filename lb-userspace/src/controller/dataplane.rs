@@ -103,10 +103,12 @@ impl ActiveDataplane {
         }
     }
 
-    /// What a reload to `new` can change here, or why it cannot be applied at all.
-    pub fn check_reload(&self, new: &Config) -> Result<()> {
+    /// Readies the data plane for a reload to `new`, before its plan is applied: the
+    /// proxy binds the listeners of new or moved services and closes those of services
+    /// that went (the XDP program needs nothing). On error nothing has changed.
+    pub async fn reconfigure(&mut self, new: &Config) -> Result<()> {
         if let ActiveDataplane::Userspace(proxy) = self {
-            proxy.check_listeners(new)?;
+            proxy.reconfigure(new, &proxy_options(new)).await?;
         }
         Ok(())
     }
@@ -175,8 +177,9 @@ async fn start_xdp(
     ))
 }
 
-async fn start_userspace(config: &Config) -> Result<ActiveDataplane> {
-    let options = ProxyOptions {
+/// The proxy's per-service options, from the configuration.
+fn proxy_options(config: &Config) -> ProxyOptions {
+    ProxyOptions {
         services: config
             .services
             .iter()
@@ -189,8 +192,11 @@ async fn start_userspace(config: &Config) -> Result<ActiveDataplane> {
             })
             .collect(),
         ..ProxyOptions::default()
-    };
-    let proxy = ProxyDataplane::start_with(config, &options).await?;
+    }
+}
+
+async fn start_userspace(config: &Config) -> Result<ActiveDataplane> {
+    let proxy = ProxyDataplane::start_with(config, &proxy_options(config)).await?;
     info!("userspace proxy listening on every service");
     Ok(ActiveDataplane::Userspace(proxy))
 }

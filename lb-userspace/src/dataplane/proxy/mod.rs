@@ -52,12 +52,18 @@ mod udp;
 
 use std::{
     collections::BTreeMap,
+    io,
     sync::{Arc, atomic::Ordering::Relaxed},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
-use tokio::{sync::watch, task::JoinHandle, time::Instant};
+use tokio::{
+    net::{TcpListener, UdpSocket},
+    sync::watch,
+    task::JoinHandle,
+    time::Instant,
+};
 use tracing::{info, warn};
 
 use self::state::Service;
@@ -65,7 +71,7 @@ use super::{
     Dataplane, Plan,
     xdp::{BackendTraffic, ServiceTraffic, TrafficReport},
 };
-use crate::config::{Config, Protocol};
+use crate::config::{Config, Protocol, ServiceConfig};
 
 /// Per-service behaviour the configuration does not carry yet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -123,10 +129,33 @@ struct Settings {
 /// The running proxy: per TCP service a listener task on every relay thread
 /// ([`shard`]), per UDP service one task on the caller's runtime.
 pub struct ProxyDataplane {
-    services: Vec<Arc<Service>>,
+    serving: Vec<Serving>,
+    shards: Vec<shard::Shard>,
+    settings: Arc<Settings>,
+}
+
+/// A service being served: its state, its listener tasks and what stops them. Stopping
+/// the tasks closes the service's connections and sessions with them.
+struct Serving {
+    service: Arc<Service>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    shards: Vec<shard::Shard>,
+}
+
+impl Serving {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Sockets bound for a service that is about to be served.
+enum Bound {
+    /// One listener per relay thread, each registered with that thread's runtime.
+    Tcp(Vec<TcpListener>),
+    Udp(UdpSocket),
 }
 
 impl ProxyDataplane {
@@ -142,13 +171,6 @@ impl ProxyDataplane {
     /// Must run inside a tokio runtime (with I/O and time enabled), in the network
     /// namespace of the VIPs. Raises the process's open-file limit to its hard limit.
     pub async fn start_with(config: &Config, options: &ProxyOptions) -> Result<Self> {
-        if let Some(unknown) = options
-            .services
-            .keys()
-            .find(|name| !config.services.iter().any(|s| &s.name == *name))
-        {
-            bail!("proxy options name service {unknown:?}, which the configuration does not have");
-        }
         if let Err(err) = socket::raise_file_limit() {
             warn!(
                 "could not raise the open-file limit: {err}; the proxy may run out of descriptors"
@@ -162,84 +184,143 @@ impl ProxyDataplane {
                 .unwrap_or(usize::MAX),
             epoch: Instant::now(),
         });
-        let shards = shard::start_all(config.dataplane.proxy_threads)?;
-        let (stop, stopped) = watch::channel(false);
-        let mut services = Vec::new();
-        let mut tasks = Vec::new();
+        let mut proxy = Self {
+            serving: Vec::new(),
+            shards: shard::start_all(config.dataplane.proxy_threads)?,
+            settings,
+        };
+        proxy.reconfigure(config, options).await?;
+        Ok(proxy)
+    }
+
+    /// Serves exactly `config`'s services, as a reload asks. The listeners of services
+    /// that are new, or moved to another address or protocol, are bound first, so that a
+    /// failure changes nothing; then the services that went stop (their connections and
+    /// sessions close) and the new ones start. Services that stay keep their listeners,
+    /// connections and counters, and take `options` for their new connections. Timeouts
+    /// and the relay mode stay as they were at start.
+    pub async fn reconfigure(&mut self, config: &Config, options: &ProxyOptions) -> Result<()> {
+        if let Some(unknown) = options
+            .services
+            .keys()
+            .find(|name| !config.services.iter().any(|s| &s.name == *name))
+        {
+            bail!("proxy options name service {unknown:?}, which the configuration does not have");
+        }
+        let options_of = |name: &str| options.services.get(name).copied().unwrap_or_default();
+        let mut added = Vec::new();
         for service in &config.services {
-            let service_options = options
-                .services
-                .get(&service.name)
-                .copied()
-                .unwrap_or_default();
-            if service.protocol == Protocol::Udp && service_options.send_proxy_v2 {
+            if service.protocol == Protocol::Udp && options_of(&service.name).send_proxy_v2 {
                 bail!(
                     "service {}: PROXY protocol v2 is only sent on TCP connections",
                     service.name
                 );
             }
-            let shared = Arc::new(Service::new(
-                &service.name,
-                service.listen,
-                service.protocol,
-                service.snat_address,
-                service_options,
-            ));
-            let context = || {
-                format!(
-                    "service {}: listening on {} {}",
-                    service.name, service.protocol, service.listen
-                )
-            };
-            match service.protocol {
-                Protocol::Tcp => {
-                    for shard in &shards {
-                        // Registers the listener with the relay thread's runtime.
-                        let _runtime = shard.runtime.enter();
-                        let listener =
-                            socket::tcp_listener(service.listen).with_context(context)?;
-                        tasks.push(shard.runtime.spawn(tcp::serve(
-                            listener,
-                            shared.clone(),
-                            settings.clone(),
-                            stopped.clone(),
-                        )));
-                    }
-                }
-                Protocol::Udp => {
-                    let vip = socket::udp_socket(service.listen, true)
-                        .and_then(tokio::net::UdpSocket::from_std)
-                        .with_context(context)?;
-                    tasks.push(tokio::spawn(udp::serve(
-                        vip,
-                        shared.clone(),
-                        settings.clone(),
-                        stopped.clone(),
-                    )));
-                }
+            if !self.serving.iter().any(|s| s.service.listens_as(service)) {
+                let bound = self.bind(service).with_context(|| {
+                    format!(
+                        "service {}: listening on {} {}",
+                        service.name, service.protocol, service.listen
+                    )
+                })?;
+                added.push((service, bound));
             }
+        }
+
+        let (kept, gone): (Vec<Serving>, Vec<Serving>) = std::mem::take(&mut self.serving)
+            .into_iter()
+            .partition(|s| config.services.iter().any(|c| s.service.listens_as(c)));
+        for serving in gone {
+            info!(
+                service = %serving.service.name,
+                listen = %serving.service.listen,
+                "proxy no longer serves this service; closing its connections"
+            );
+            serving.stop().await;
+        }
+        self.serving = kept;
+        for serving in &self.serving {
+            serving
+                .service
+                .set_options(options_of(&serving.service.name));
+        }
+        for (service, bound) in added {
+            let serving = self.serve(service, options_of(&service.name), bound);
             info!(
                 service = %service.name,
                 listen = %service.listen,
                 protocol = %service.protocol,
-                relay = ?settings.relay,
+                relay = ?self.settings.relay,
+                threads = self.shards.len(),
                 "proxy listening"
             );
-            services.push(shared);
+            self.serving.push(serving);
         }
-        Ok(Self {
-            services,
+        Ok(())
+    }
+
+    /// The sockets `service` will be served on.
+    fn bind(&self, service: &ServiceConfig) -> io::Result<Bound> {
+        match service.protocol {
+            Protocol::Tcp => self
+                .shards
+                .iter()
+                .map(|shard| {
+                    let _runtime = shard.runtime.enter();
+                    socket::tcp_listener(service.listen)
+                })
+                .collect::<io::Result<_>>()
+                .map(Bound::Tcp),
+            Protocol::Udp => socket::udp_socket(service.listen, true)
+                .and_then(UdpSocket::from_std)
+                .map(Bound::Udp),
+        }
+    }
+
+    fn serve(&self, config: &ServiceConfig, options: ServiceOptions, bound: Bound) -> Serving {
+        let service = Arc::new(Service::new(
+            &config.name,
+            config.listen,
+            config.protocol,
+            config.snat_address,
+            options,
+        ));
+        let (stop, stopped) = watch::channel(false);
+        let tasks = match bound {
+            Bound::Tcp(listeners) => listeners
+                .into_iter()
+                .zip(&self.shards)
+                .map(|(listener, shard)| {
+                    shard.runtime.spawn(tcp::serve(
+                        listener,
+                        service.clone(),
+                        self.settings.clone(),
+                        stopped.clone(),
+                    ))
+                })
+                .collect(),
+            Bound::Udp(vip) => vec![tokio::spawn(udp::serve(
+                vip,
+                service.clone(),
+                self.settings.clone(),
+                stopped,
+            ))],
+        };
+        Serving {
+            service,
             stop,
             tasks,
-            shards,
-        })
+        }
+    }
+
+    fn services(&self) -> impl Iterator<Item = &Service> {
+        self.serving.iter().map(|s| &*s.service)
     }
 
     /// Counters of every service and of the backends of its current plan.
     pub fn traffic(&self) -> TrafficReport {
         let services = self
-            .services
-            .iter()
+            .services()
             .map(|service| ServiceTraffic {
                 name: service.name.clone(),
                 counters: service.counters.snapshot(),
@@ -262,44 +343,9 @@ impl ProxyDataplane {
         }
     }
 
-    /// Fails unless every service of `config` has its listener: the proxy binds them at
-    /// start, so a reload cannot add a service or move one.
-    pub fn check_listeners(&self, config: &Config) -> Result<()> {
-        self.check_services(
-            config
-                .services
-                .iter()
-                .map(|s| (&s.name, s.listen, s.protocol)),
-        )
-    }
-
-    fn check_services<'a>(
-        &self,
-        wanted: impl Iterator<Item = (&'a String, std::net::SocketAddrV4, Protocol)>,
-    ) -> Result<()> {
-        let mismatched: Vec<String> = wanted
-            .filter(|(name, listen, protocol)| {
-                !self
-                    .services
-                    .iter()
-                    .any(|s| &s.name == *name && s.listen == *listen && s.protocol == *protocol)
-            })
-            .map(|(name, listen, protocol)| format!("{name} ({protocol} {listen})"))
-            .collect();
-        if !mismatched.is_empty() {
-            bail!(
-                "the proxy has no listener for {}; listeners are bound at start, so restart \
-                 gerbang to add a service or move it to another address",
-                mismatched.join(", ")
-            );
-        }
-        Ok(())
-    }
-
     /// Connections and sessions open now, per service and backend.
     pub fn active(&self) -> Vec<ActiveFlows> {
-        self.services
-            .iter()
+        self.services()
             .map(|service| ActiveFlows {
                 service: service.name.clone(),
                 total: service.current.load(Relaxed),
@@ -314,9 +360,8 @@ impl ProxyDataplane {
 
     /// Stops accepting and closes every connection and session.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = task.await;
+        for serving in self.serving {
+            serving.stop().await;
         }
         for shard in self.shards {
             shard.stop().await;
@@ -327,17 +372,30 @@ impl ProxyDataplane {
 impl Dataplane for ProxyDataplane {
     /// Swaps each service's backend set under a short lock; the tasks see it at their
     /// next new flow. Cutting a down backend's connections is a signal they act on.
+    /// Fails for a service of the plan the proxy does not serve ([`Self::reconfigure`]
+    /// first).
     fn apply(&mut self, plan: &Plan) -> Result<()> {
-        for service in &self.services {
+        for service in self.services() {
             match plan.services.iter().find(|s| s.name == service.name) {
                 Some(wanted) => service.apply(wanted),
                 None => service.clear(),
             }
         }
-        self.check_services(
-            plan.services
-                .iter()
-                .map(|s| (&s.name, s.listen, s.protocol)),
-        )
+        let unserved: Vec<String> = plan
+            .services
+            .iter()
+            .filter(|wanted| {
+                !self.services().any(|s| {
+                    s.name == wanted.name
+                        && s.listen == wanted.listen
+                        && s.protocol == wanted.protocol
+                })
+            })
+            .map(|s| format!("{} ({} {})", s.name, s.protocol, s.listen))
+            .collect();
+        if !unserved.is_empty() {
+            bail!("the proxy has no listener for {}", unserved.join(", "));
+        }
+        Ok(())
     }
 }

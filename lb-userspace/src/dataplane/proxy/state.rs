@@ -17,7 +17,7 @@ use tokio::{sync::watch, time::Instant};
 
 use super::{ServiceOptions, schedule::SmoothWeighted};
 use crate::{
-    config::{DownPolicy, Protocol},
+    config::{DownPolicy, Protocol, ServiceConfig},
     dataplane::plan::{BackendState, ServicePlan},
 };
 
@@ -118,16 +118,16 @@ pub(super) struct Service {
     pub(super) name: String,
     pub(super) listen: SocketAddrV4,
     pub(super) protocol: Protocol,
-    pub(super) options: ServiceOptions,
     pub(super) counters: Counters,
     /// Open connections (TCP, counted from accept) or live sessions (UDP).
     pub(super) current: AtomicU64,
     routing: Mutex<Routing>,
 }
 
-/// The part [`Service::apply`] rewrites.
+/// The part [`Service::apply`] and a reload rewrite.
 #[derive(Debug)]
 struct Routing {
+    options: ServiceOptions,
     snat: Ipv4Addr,
     /// Every backend of the current plan, in plan order.
     backends: Vec<Arc<Backend>>,
@@ -148,10 +148,10 @@ impl Service {
             name: name.to_string(),
             listen,
             protocol,
-            options,
             counters: Counters::default(),
             current: AtomicU64::new(0),
             routing: Mutex::new(Routing {
+                options,
                 snat,
                 backends: Vec::new(),
                 schedule: SmoothWeighted::new([]),
@@ -239,9 +239,24 @@ impl Service {
         })
     }
 
+    /// Whether `config` describes this service's listener: same name, address and
+    /// protocol. A reload keeps such a service with its connections and counters.
+    pub(super) fn listens_as(&self, config: &ServiceConfig) -> bool {
+        self.name == config.name && self.listen == config.listen && self.protocol == config.protocol
+    }
+
+    pub(super) fn options(&self) -> ServiceOptions {
+        self.routing().options
+    }
+
+    /// New options from a reload; they apply to new connections and sessions.
+    pub(super) fn set_options(&self, options: ServiceOptions) {
+        self.routing().options = options;
+    }
+
     /// Whether the service is at its connection limit.
     pub(super) fn at_limit(&self) -> bool {
-        self.options
+        self.options()
             .max_connections
             .is_some_and(|max| self.current.load(Relaxed) >= u64::from(max))
     }

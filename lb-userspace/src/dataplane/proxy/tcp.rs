@@ -176,7 +176,7 @@ async fn connect_backend(
     first: Pick,
     service: &Service,
 ) -> Option<(TcpStream, Pick, watch::Receiver<u64>)> {
-    let header = if service.options.send_proxy_v2 {
+    let header = if service.options().send_proxy_v2 {
         let vip = match client.local_addr() {
             Ok(SocketAddr::V4(vip)) => vip,
             _ => service.listen,
