@@ -43,6 +43,14 @@ pub const FLOW_FIN_FROM_CLIENT: u64 = 1 << 1;
 pub const FLOW_FIN_FROM_BACKEND: u64 = 1 << 2;
 /// `Flow::flags`: either side sent a RST.
 pub const FLOW_RST: u64 = 1 << 3;
+/// `Flow::flags`: the flow was opened by a TCP SYN, so it counts as established only once
+/// the client has also sent [`FLOW_CLIENT_ACKED`]. Flows written by versions without these
+/// two bits lack it, and keep the older rule (established once the backend answered).
+pub const FLOW_HANDSHAKE_TRACKED: u64 = 1 << 4;
+/// `Flow::flags`: the client sent a TCP segment without SYN (its handshake ACK, or
+/// anything after). A spoofed SYN's source never does: its flow stays half-open and ages
+/// out after `tcp_syn`, even once the backend has answered it.
+pub const FLOW_CLIENT_ACKED: u64 = 1 << 5;
 
 /// Value of the `FLOWS` map, keyed by the client-side [`FlowKey`] (client -> VIP).
 #[repr(C)]
@@ -95,7 +103,8 @@ pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 16;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
-    /// TCP flow whose backend has not answered yet.
+    /// TCP flow whose handshake has not completed: the backend has not answered yet, or
+    /// the client has not acknowledged the answer.
     pub tcp_syn_ns: u64,
     /// TCP flow in data transfer (at most one side has sent a FIN).
     pub tcp_established_ns: u64,
@@ -122,7 +131,9 @@ impl Timeouts {
         let both_fins = FLOW_FIN_FROM_CLIENT | FLOW_FIN_FROM_BACKEND;
         if flags & FLOW_RST != 0 || flags & both_fins == both_fins {
             self.tcp_closing_ns
-        } else if flags & FLOW_REPLY_SEEN == 0 {
+        } else if flags & FLOW_REPLY_SEEN == 0
+            || flags & (FLOW_HANDSHAKE_TRACKED | FLOW_CLIENT_ACKED) == FLOW_HANDSHAKE_TRACKED
+        {
             self.tcp_syn_ns
         } else {
             self.tcp_established_ns
@@ -137,3 +148,36 @@ impl Timeouts {
 }
 
 impl_pod!(FlowKey, Flow, Timeouts);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PROTO_UDP;
+
+    #[test]
+    fn a_tcp_flow_is_established_once_both_sides_completed_the_handshake() {
+        let t = Timeouts::DEFAULT;
+        let limit = |flags| t.idle_limit(PROTO_TCP, flags);
+        let opened = FLOW_HANDSHAKE_TRACKED;
+        assert_eq!(limit(opened), t.tcp_syn_ns, "SYN sent");
+        assert_eq!(
+            limit(opened | FLOW_REPLY_SEEN),
+            t.tcp_syn_ns,
+            "answered, never acknowledged: a spoofed SYN"
+        );
+        assert_eq!(
+            limit(opened | FLOW_REPLY_SEEN | FLOW_CLIENT_ACKED),
+            t.tcp_established_ns
+        );
+        assert_eq!(
+            limit(FLOW_REPLY_SEEN),
+            t.tcp_established_ns,
+            "a flow from a version without the handshake bits"
+        );
+        assert_eq!(
+            limit(opened | FLOW_REPLY_SEEN | FLOW_CLIENT_ACKED | FLOW_RST),
+            t.tcp_closing_ns
+        );
+        assert_eq!(t.idle_limit(PROTO_UDP, 0), t.udp_ns);
+    }
+}

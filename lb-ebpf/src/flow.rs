@@ -5,8 +5,8 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, programs::XdpCo
 use lb_common::{
     Event, Flow, FlowKey, NextHop, PROTO_TCP, Service, Timeouts, Verdict,
     flow::{
-        FLOW_FIN_FROM_BACKEND, FLOW_FIN_FROM_CLIENT, FLOW_REPLY_SEEN, FLOW_RST,
-        LAST_SEEN_GRANULARITY_NS,
+        FLOW_CLIENT_ACKED, FLOW_FIN_FROM_BACKEND, FLOW_FIN_FROM_CLIENT, FLOW_HANDSHAKE_TRACKED,
+        FLOW_REPLY_SEEN, FLOW_RST, LAST_SEEN_GRANULARITY_NS,
     },
     service::{BACKEND_CUT_FLOWS, RING_SLOTS},
 };
@@ -202,7 +202,22 @@ fn retire(key: &FlowKey, flow: &Flow) {
 
 #[inline(always)]
 fn client_flags(pkt: &Parsed) -> u64 {
-    tcp_close_flags(pkt, FLOW_FIN_FROM_CLIENT)
+    let mut flags = tcp_close_flags(pkt, FLOW_FIN_FROM_CLIENT);
+    if pkt.proto == PROTO_TCP && !pkt.has_tcp_flag(TCP_SYN) {
+        flags |= FLOW_CLIENT_ACKED;
+    }
+    flags
+}
+
+/// Flags of a flow the client's packet opens: a TCP flow only ever opens on a SYN, and
+/// its handshake is followed from there.
+#[inline(always)]
+fn opening_flags(pkt: &Parsed) -> u64 {
+    let mut flags = client_flags(pkt);
+    if pkt.proto == PROTO_TCP {
+        flags |= FLOW_HANDSHAKE_TRACKED;
+    }
+    flags
 }
 
 #[inline(always)]
@@ -261,7 +276,7 @@ fn new_flow(
         snat_port,
         backend_id,
         service_id: service.id,
-        flags: client_flags(pkt),
+        flags: opening_flags(pkt),
         client_hop: NextHop {
             ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
             src_mac: eth.dst_addr,

@@ -46,7 +46,10 @@ use gerbang::{
 use gerbang_testbed::{Netns, link};
 use lb_common::{
     Backend, BackendRing, Event, Flow, FlowKey, Service, ServiceKey, TrafficCounters, Verdict,
-    flow::{FLOW_FIN_FROM_BACKEND, FLOW_FIN_FROM_CLIENT, FLOW_REPLY_SEEN, FLOW_RST},
+    flow::{
+        FLOW_CLIENT_ACKED, FLOW_FIN_FROM_BACKEND, FLOW_FIN_FROM_CLIENT, FLOW_HANDSHAKE_TRACKED,
+        FLOW_REPLY_SEEN, FLOW_RST,
+    },
     map_names,
     service::MAX_BACKENDS,
     wire::{addr_to_wire, port_to_wire},
@@ -912,7 +915,7 @@ impl Model {
             service,
             backend,
             snat_port,
-            flags: client_flags(pkt),
+            flags: client_flags(pkt) | if pkt.tcp() { FLOW_HANDSHAKE_TRACKED } else { 0 },
             hop: (
                 seen.ingress,
                 seen.frame[0..6].try_into().unwrap(),
@@ -1041,6 +1044,9 @@ fn client_flags(pkt: &Pkt) -> u64 {
     }
     if pkt.has(RST) {
         flags |= FLOW_RST;
+    }
+    if pkt.tcp() && !pkt.has(SYN) {
+        flags |= FLOW_CLIENT_ACKED;
     }
     flags
 }

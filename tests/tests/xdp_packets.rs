@@ -641,6 +641,48 @@ fn idle_flows_expire_and_the_sweeper_frees_them() {
     .unwrap();
 }
 
+/// A flow keeps the long established timeout only once the client has acknowledged the
+/// backend's answer: the flow of a spoofed SYN, which the backend answers but whose
+/// source never replies, is forgotten after `tcp_syn` like an unanswered one, so a SYN
+/// flood cannot fill the table with flows that live for `tcp_established`.
+#[test]
+fn an_answered_but_unacknowledged_syn_ages_like_a_syn() {
+    let ns = namespace(true);
+    ns.run(|| {
+        let mut rig = Rig::new(&config("20000-20099", "1s"));
+        // Port 47000 completes its handshake; 47001's source never acknowledges.
+        for (index, port, acknowledges) in [(0, 47000, true), (1, 47001, false)] {
+            let to_backend = checked(
+                &rig.send_from_client(FrameSpec::tcp(client(port), vip(80), SYN))
+                    .1,
+            );
+            assert_eq!(to_backend.dst, backend(index, 8080));
+            let syn_ack = FrameSpec::tcp(to_backend.dst, to_backend.src, SYN | ACK);
+            assert_eq!(rig.send_from_backend(index, syn_ack).0, XDP_REDIRECT);
+            if acknowledges {
+                rig.send_from_client(FrameSpec::tcp(client(port), vip(80), ACK));
+            }
+        }
+        assert_eq!(rig.sweeper.sweep(&rig.timeouts).unwrap().live, 2);
+
+        // Past the SYN timeout plus the sweeper's one-second margin.
+        std::thread::sleep(std::time::Duration::from_millis(2200));
+        let report = rig.sweeper.sweep(&rig.timeouts).unwrap();
+        assert_eq!((report.live, report.expired), (1, 1));
+        let kept = checked(
+            &rig.send_from_client(FrameSpec::tcp(client(47000), vip(80), ACK).payload(b"GET /"))
+                .1,
+        );
+        assert_eq!(
+            kept.dst,
+            backend(0, 8080),
+            "the acknowledged flow kept its backend"
+        );
+        rig.assert_events_add_up();
+    })
+    .unwrap();
+}
+
 #[test]
 fn without_ip_forwarding_the_controller_resolved_next_hops_are_used() {
     let ns = namespace(false);

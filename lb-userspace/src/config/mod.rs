@@ -344,7 +344,7 @@ impl fmt::Display for PortRange {
 /// How long a flow may stay idle before its connection-table entry expires, by state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowTimeouts {
-    /// TCP flow whose backend has not answered yet.
+    /// TCP flow whose handshake has not completed (no answer yet, or no ACK from the client).
     pub tcp_syn: Duration,
     /// TCP flow in data transfer.
     pub tcp_established: Duration,
