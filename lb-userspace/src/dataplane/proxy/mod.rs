@@ -73,7 +73,8 @@ use super::{
 };
 use crate::config::{Config, Protocol, ServiceConfig};
 
-/// Per-service behaviour the configuration does not carry yet.
+/// Per-service behaviour only the proxy has (`service.max_connections`,
+/// `service.send_proxy_v2`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceOptions {
     /// Most connections (TCP) or sessions (UDP) at once; beyond it new TCP connections
