@@ -8,7 +8,7 @@ use tokio::{
     sync::watch,
     time::{MissedTickBehavior, interval},
 };
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use lb_common::Timeouts;
 
@@ -83,6 +83,10 @@ pub async fn keep_next_hops(
 
 /// Sweeps idle flows out of the connection table with the current `timeouts` and
 /// publishes what it found.
+///
+/// A sweep is one system call per entry and takes up to a few hundred milliseconds on a
+/// full table (a SYN flood fills it), so it runs on tokio's blocking pool: on the
+/// controller's own threads it would hold up VRRP adverts and health checks meanwhile.
 pub async fn sweep_flows(
     mut sweeper: FlowSweeper,
     timeouts: watch::Receiver<Timeouts>,
@@ -93,21 +97,41 @@ pub async fn sweep_flows(
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = ticks.tick() => match sweeper.sweep(&timeouts.borrow()) {
-                Ok(report) => {
-                    if report.expired + report.orphans > 0 {
-                        debug!(
-                            live = report.live,
-                            expired = report.expired,
-                            orphans = report.orphans,
-                            "flow table swept"
-                        );
-                    }
-                    let _ = reports.send(report);
-                }
-                Err(err) => warn!("sweeping the flow table: {err:#}"),
-            },
+            _ = ticks.tick() => {}
             _ = stop.changed() => break,
+        }
+        let timeouts = *timeouts.borrow();
+        let swept = tokio::task::spawn_blocking(move || {
+            let result = sweeper.sweep(&timeouts);
+            (sweeper, result)
+        })
+        .await;
+        let result = match swept {
+            Ok((returned, result)) => {
+                sweeper = returned;
+                result
+            }
+            Err(err) => {
+                error!(
+                    "the flow sweeper failed and stops: {err}; idle flows now leave the \
+                     table only when it is full"
+                );
+                return;
+            }
+        };
+        match result {
+            Ok(report) => {
+                if report.expired + report.orphans > 0 {
+                    debug!(
+                        live = report.live,
+                        expired = report.expired,
+                        orphans = report.orphans,
+                        "flow table swept"
+                    );
+                }
+                let _ = reports.send(report);
+            }
+            Err(err) => warn!("sweeping the flow table: {err:#}"),
         }
     }
 }
