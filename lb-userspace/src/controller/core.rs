@@ -18,8 +18,8 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use super::{
-    Command, FIRST_VERDICT_SLACK, Status, StopMode, UpdateLatency, dataplane::ActiveDataplane,
-    tasks,
+    Command, FIRST_VERDICT_SLACK, Status, StopMode, UpdateLatency, admin_store::AdminStore,
+    dataplane::ActiveDataplane, tasks,
 };
 use crate::{
     config::{CheckKind, Config},
@@ -43,6 +43,8 @@ pub struct Core {
     /// Role-checked backends' roles, for services of replicated databases.
     roles: BTreeMap<BackendKey, RoleVerdict>,
     admin: BTreeMap<BackendKey, AdminState>,
+    /// Where `admin` is kept across restarts.
+    admin_store: AdminStore,
     plan: Plan,
     /// Inputs of the background tasks that reloads change.
     backends: watch::Sender<Vec<Ipv4Addr>>,
@@ -63,6 +65,8 @@ impl Core {
         let addresses = backend_addresses(&config);
         let (dataplane, companions) = ActiveDataplane::start(&config, &addresses).await?;
 
+        let admin_store = AdminStore::next_to(&config.control.socket);
+        let admin = admin_store.load(&config);
         let (health, health_changes) = HealthMonitor::new();
         health.set_targets(check_targets(&config));
         let healthy = health.first_verdicts(first_verdict_wait(&config)).await;
@@ -90,7 +94,8 @@ impl Core {
             health_changes,
             healthy,
             roles,
-            admin: BTreeMap::new(),
+            admin,
+            admin_store,
             backends: watch::Sender::new(addresses),
             timeouts: watch::Sender::new(kernel_timeouts(&config.timeouts)),
             stop: watch::Sender::new(None),
@@ -278,7 +283,12 @@ impl Core {
         self.replan()?;
         let (before, after) = (control::admin_word(before), control::admin_word(state));
         info!(service, backend, before, after, "admin state set");
-        Ok(format!("{service}/{backend} is {after} (was {before})"))
+        let mut answer = format!("{service}/{backend} is {after} (was {before})");
+        if let Err(err) = self.admin_store.save(&self.admin) {
+            warn!("{err:#}: the admin state holds until gerbang stops");
+            answer += &format!("; not kept across a restart ({err:#})");
+        }
+        Ok(answer)
     }
 
     /// Reads the configuration file again and applies only what changed. An invalid file
@@ -336,7 +346,13 @@ impl Core {
         let known: BTreeSet<BackendKey> = backend_keys(&new).collect();
         self.healthy.retain(|key, _| known.contains(key));
         self.roles.retain(|key, _| known.contains(key));
+        let admin_before = self.admin.len();
         self.admin.retain(|key, _| known.contains(key));
+        if self.admin.len() != admin_before
+            && let Err(err) = self.admin_store.save(&self.admin)
+        {
+            warn!("{err:#}");
+        }
         // A new backend takes traffic only once its first check has passed.
         for (key, up) in self.health.first_verdicts(first_verdict_wait(&new)).await {
             self.healthy.entry(key).or_insert(up);

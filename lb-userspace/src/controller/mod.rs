@@ -5,6 +5,7 @@
 //! tests) talks to it through [`Controller`], a handle that sends it commands. The
 //! background tasks in [`tasks`] own the maps they maintain.
 
+mod admin_store;
 mod core;
 mod dataplane;
 mod tasks;
