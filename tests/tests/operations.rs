@@ -712,6 +712,45 @@ fn a_proxy_reload_that_cannot_bind_changes_nothing() {
     gerbang.stop().unwrap();
 }
 
+/// A reload that shortens `timeouts.tcp_established` applies to the proxy's new
+/// connections; one accepted before keeps the timeout it started with (as with HAProxy,
+/// whose old process serves its connections to the end).
+#[test]
+fn a_proxy_reload_changes_the_idle_timeout_of_new_connections() {
+    let t = TwoArm::new(1).unwrap();
+    let _streams = stream_servers(&t);
+    let dir = TempDir::new();
+    let text = isolate(&config(
+        &t,
+        Mode::Userspace,
+        &[("stream", STREAM, STREAM, NO_CHECK)],
+        all,
+    ));
+    let path = dir.write("gerbang.toml", &text);
+    let gerbang = InProcess::start_file(&t.lb, &path).unwrap();
+    let vip = SocketAddrV4::new(t.vip, STREAM);
+    let mut before = TcpStreamClient::connect(&t.client, vip).unwrap();
+    assert_eq!(before.echo(b"one").unwrap(), b"one");
+
+    std::fs::write(&path, text + "\n[timeouts]\ntcp_established = \"1s\"\n").unwrap();
+    let said = gerbang.reload().unwrap();
+    assert!(!said.contains("timeouts"), "applied, not deferred: {said}");
+    let mut after = TcpStreamClient::connect(&t.client, vip).unwrap();
+    assert_eq!(after.echo(b"two").unwrap(), b"two");
+
+    thread::sleep(Duration::from_millis(2500));
+    assert!(
+        after.echo(b"idle").is_err(),
+        "a connection accepted after the reload idles out after 1 s"
+    );
+    assert_eq!(
+        before.echo(b"still").unwrap(),
+        b"still",
+        "the older connection keeps its 15 minutes"
+    );
+    gerbang.stop().unwrap();
+}
+
 /// A drained backend stays drained across a restart of gerbang (and a maintenance state
 /// too), so an upgrade does not put it back into rotation; `ready` is kept as well.
 fn admin_states_survive_a_restart(mode: Mode) {

@@ -332,13 +332,10 @@ impl Core {
             self.dataplane
                 .set_interfaces(&new.dataplane.interfaces, new.dataplane.attach)?;
         }
-        if new.timeouts != old.timeouts {
-            match self.dataplane.set_timeouts(&new.timeouts)? {
-                Some(timeouts) => {
-                    self.timeouts.send_replace(timeouts);
-                }
-                None => notes.push("[timeouts] change only at the next start".to_string()),
-            }
+        if new.timeouts != old.timeouts
+            && let Some(timeouts) = self.dataplane.set_timeouts(&new.timeouts)?
+        {
+            self.timeouts.send_replace(timeouts);
         }
 
         let (before_services, before_backends) = counts(old);

@@ -121,11 +121,14 @@ impl ActiveDataplane {
     }
 
     /// New idle timeouts; the XDP program's form, for its sweeper, or `None` for the proxy,
-    /// which reads its timeouts at start.
+    /// which applies them itself.
     pub fn set_timeouts(&mut self, timeouts: &FlowTimeouts) -> Result<Option<Timeouts>> {
         match self {
             ActiveDataplane::Xdp(xdp) => xdp.set_timeouts(timeouts).map(Some),
-            ActiveDataplane::Userspace(_) => Ok(None),
+            ActiveDataplane::Userspace(proxy) => {
+                proxy.set_timeouts(timeouts);
+                Ok(None)
+            }
         }
     }
 

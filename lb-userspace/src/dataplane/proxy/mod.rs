@@ -53,7 +53,10 @@ mod udp;
 use std::{
     collections::BTreeMap,
     io,
-    sync::{Arc, atomic::Ordering::Relaxed},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
@@ -71,7 +74,7 @@ use super::{
     Dataplane, Plan,
     xdp::{BackendTraffic, ServiceTraffic, TrafficReport},
 };
-use crate::config::{Config, Protocol, ServiceConfig};
+use crate::config::{Config, FlowTimeouts, Protocol, ServiceConfig};
 
 /// Per-service behaviour only the proxy has (`service.max_connections`,
 /// `service.send_proxy_v2`).
@@ -116,15 +119,35 @@ pub struct ActiveFlows {
     pub backends: Vec<(String, u64)>,
 }
 
-/// What every task of the proxy reads and nobody changes after start.
+/// What every task of the proxy reads: fixed at start but for the idle timeouts, which a
+/// reload changes ([`ProxyDataplane::set_timeouts`]).
 #[derive(Debug)]
 struct Settings {
     relay: RelayMode,
-    tcp_idle: Duration,
-    udp_idle: Duration,
+    /// `timeouts.tcp_established`, in milliseconds.
+    tcp_idle_ms: AtomicU64,
+    /// `timeouts.udp`, in milliseconds.
+    udp_idle_ms: AtomicU64,
     flow_table_size: usize,
     /// Origin of the UDP sessions' activity clocks.
     epoch: Instant,
+}
+
+impl Settings {
+    fn tcp_idle(&self) -> Duration {
+        Duration::from_millis(self.tcp_idle_ms.load(Relaxed))
+    }
+
+    fn udp_idle(&self) -> Duration {
+        Duration::from_millis(self.udp_idle_ms.load(Relaxed))
+    }
+
+    fn set_timeouts(&self, timeouts: &FlowTimeouts) {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.tcp_idle_ms
+            .store(millis(timeouts.tcp_established), Relaxed);
+        self.udp_idle_ms.store(millis(timeouts.udp), Relaxed);
+    }
 }
 
 /// The running proxy: per TCP service a listener task on every relay thread
@@ -179,12 +202,13 @@ impl ProxyDataplane {
         }
         let settings = Arc::new(Settings {
             relay: options.relay,
-            tcp_idle: config.timeouts.tcp_established,
-            udp_idle: config.timeouts.udp,
+            tcp_idle_ms: AtomicU64::new(0),
+            udp_idle_ms: AtomicU64::new(0),
             flow_table_size: usize::try_from(config.dataplane.flow_table_size)
                 .unwrap_or(usize::MAX),
             epoch: Instant::now(),
         });
+        settings.set_timeouts(&config.timeouts);
         let mut proxy = Self {
             serving: Vec::new(),
             shards: shard::start_all(config.dataplane.proxy_threads)?,
@@ -199,7 +223,7 @@ impl ProxyDataplane {
     /// failure changes nothing; then the services that went stop (their connections and
     /// sessions close) and the new ones start. Services that stay keep their listeners,
     /// connections and counters, and take `options` for their new connections. Timeouts
-    /// and the relay mode stay as they were at start.
+    /// change through [`Self::set_timeouts`]; the relay mode stays as it was at start.
     pub async fn reconfigure(&mut self, config: &Config, options: &ProxyOptions) -> Result<()> {
         if let Some(unknown) = options
             .services
@@ -312,6 +336,13 @@ impl ProxyDataplane {
             stop,
             tasks,
         }
+    }
+
+    /// New idle timeouts from a reload: TCP connections accepted from now on get the new
+    /// `tcp_established` (open ones keep theirs, as with HAProxy, whose old process serves
+    /// them to the end); every UDP session is aged by the new `udp` from the next sweep.
+    pub fn set_timeouts(&self, timeouts: &FlowTimeouts) {
+        self.settings.set_timeouts(timeouts);
     }
 
     fn services(&self) -> impl Iterator<Item = &Service> {

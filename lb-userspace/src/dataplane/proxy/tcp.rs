@@ -132,6 +132,7 @@ async fn connection(
     backend.counters.new_flow();
 
     let activity = Activity::new(Instant::now());
+    let idle_timeout = settings.tcp_idle();
     let meters = Meters {
         service: &service.counters,
         backend: &backend.counters,
@@ -142,7 +143,7 @@ async fn connection(
         &mut backend_stream,
         settings.relay,
         &meters,
-        settings.tcp_idle,
+        idle_timeout,
         &mut cut,
     )
     .await;
@@ -150,7 +151,7 @@ async fn connection(
         // Both FINs passed on: the sockets close normally.
         Ending::Closed => return,
         Ending::Failed(err) => format!("failed ({err})"),
-        Ending::Idle => format!("idle for {:?}", settings.tcp_idle),
+        Ending::Idle => format!("idle for {idle_timeout:?}"),
         Ending::Cut => {
             service.counters.dropped();
             backend.counters.dropped();

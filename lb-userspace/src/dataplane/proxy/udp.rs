@@ -54,7 +54,7 @@ pub(super) async fn serve(
     settings: Arc<Settings>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let idle = settings.udp_idle;
+    let idle = settings.udp_idle();
     let mut listener = Listener {
         vip: Arc::new(vip),
         sessions: Sessions::default(),
@@ -199,7 +199,7 @@ impl Listener {
 
     fn expire(&mut self) {
         let now = self.now_ms();
-        let idle = u64::try_from(self.settings.udp_idle.as_millis()).unwrap_or(u64::MAX);
+        let idle = u64::try_from(self.settings.udp_idle().as_millis()).unwrap_or(u64::MAX);
         self.sessions.expire(now, idle);
     }
 }
