@@ -7,6 +7,7 @@ mod support;
 use std::{
     collections::BTreeMap,
     net::SocketAddrV4,
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -69,6 +70,20 @@ fn config(
         }
     }
     text
+}
+
+/// A config file (in a directory that lives as long as the returned guard) for the
+/// "stream" service over every backend of `t`, without checks.
+fn stream_config_file(t: &TwoArm, mode: Mode) -> (TempDir, PathBuf) {
+    let dir = TempDir::new();
+    let text = isolate(&config(
+        t,
+        mode,
+        &[("stream", STREAM, STREAM, NO_CHECK)],
+        all,
+    ));
+    let path = dir.write("gerbang.toml", &text);
+    (dir, path)
 }
 
 fn http_servers(t: &TwoArm) -> Vec<HttpBackend> {
@@ -255,16 +270,7 @@ fn the_backup_serves_only_while_no_primary_is_up(mode: Mode) {
 fn drain_through_the_cli_keeps_live_connections_and_moves_new_ones(mode: Mode) {
     let t = TwoArm::new(3).unwrap();
     let streams = stream_servers(&t);
-    let dir = TempDir::new();
-    let path = dir.write(
-        "gerbang.toml",
-        &isolate(&config(
-            &t,
-            mode,
-            &[("stream", STREAM, STREAM, NO_CHECK)],
-            all,
-        )),
-    );
+    let (_dir, path) = stream_config_file(&t, mode);
     let gerbang = InProcess::start_file(&t.lb, &path).unwrap();
     let vip = SocketAddrV4::new(t.vip, STREAM);
     let cli = |args: &[&str]| {
@@ -756,16 +762,7 @@ fn a_proxy_reload_changes_the_idle_timeout_of_new_connections() {
 fn admin_states_survive_a_restart(mode: Mode) {
     let t = TwoArm::new(3).unwrap();
     let streams = stream_servers(&t);
-    let dir = TempDir::new();
-    let path = dir.write(
-        "gerbang.toml",
-        &isolate(&config(
-            &t,
-            mode,
-            &[("stream", STREAM, STREAM, NO_CHECK)],
-            all,
-        )),
-    );
+    let (_dir, path) = stream_config_file(&t, mode);
     let vip = SocketAddrV4::new(t.vip, STREAM);
     let new_flows_reach = |n: usize| {
         let before: Vec<u64> = streams.iter().map(|s| s.connections()).collect();

@@ -558,43 +558,51 @@ impl Checker<'_> {
     }
 
     fn xdp_log_rate(&mut self, leaf: &Leaf) -> Checked<u32> {
-        const FIELD: &str = "dataplane.xdp_log_rate";
-        let Some(value) = leaf else {
-            return Ok(0);
-        };
         let max = DataplaneConfig::MAX_XDP_LOG_RATE;
-        let allowed = format!("allowed 0 (off, the default) to {max} lines per second per CPU");
-        let message = match value.get_ref() {
-            Value::Integer(n) => match u32::try_from(*n) {
-                Ok(rate) if rate <= max => return Ok(rate),
-                _ => format!("{n} is out of range: {allowed}"),
-            },
-            other => format!(
-                "expected a number of lines, found {}: {allowed}",
-                describe(other)
-            ),
-        };
-        Err(self.report(Some(value.span()), FIELD, message))
+        self.count_up_to(
+            leaf,
+            "dataplane.xdp_log_rate",
+            max,
+            &format!("0 (off, the default) to {max} lines per second per CPU"),
+            "lines",
+        )
     }
 
     fn proxy_threads(&mut self, leaf: &Leaf) -> Checked<u32> {
-        const FIELD: &str = "dataplane.proxy_threads";
+        let max = DataplaneConfig::MAX_PROXY_THREADS;
+        self.count_up_to(
+            leaf,
+            "dataplane.proxy_threads",
+            max,
+            &format!("0 (one per CPU, the default) to {max}"),
+            "threads",
+        )
+    }
+
+    /// A whole number of `unit` from 0 to `max`, 0 when absent; `allowed` says what the
+    /// range means.
+    fn count_up_to(
+        &mut self,
+        leaf: &Leaf,
+        field: &str,
+        max: u32,
+        allowed: &str,
+        unit: &str,
+    ) -> Checked<u32> {
         let Some(value) = leaf else {
             return Ok(0);
         };
-        let max = DataplaneConfig::MAX_PROXY_THREADS;
-        let allowed = format!("allowed 0 (one per CPU, the default) to {max}");
         let message = match value.get_ref() {
             Value::Integer(n) => match u32::try_from(*n) {
-                Ok(threads) if threads <= max => return Ok(threads),
-                _ => format!("{n} is out of range: {allowed}"),
+                Ok(count) if count <= max => return Ok(count),
+                _ => format!("{n} is out of range: allowed {allowed}"),
             },
             other => format!(
-                "expected a number of threads, found {}: {allowed}",
+                "expected a number of {unit}, found {}: allowed {allowed}",
                 describe(other)
             ),
         };
-        Err(self.report(Some(value.span()), FIELD, message))
+        Err(self.report(Some(value.span()), field, message))
     }
 
     fn flow_table_size(&mut self, leaf: &Leaf) -> Checked<u32> {
