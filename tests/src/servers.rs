@@ -26,6 +26,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+
+use crate::Backend;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
@@ -162,6 +164,14 @@ pub struct HttpBackend {
 }
 
 impl HttpBackend {
+    /// One on each of `backends`, at `port`, named after the backend (`b0`, `b1`, ...).
+    pub fn start_on_each(backends: &[Backend], port: u16) -> Result<Vec<HttpBackend>> {
+        backends
+            .iter()
+            .map(|b| Self::start(&b.ns, SocketAddrV4::new(b.addr, port), &b.name()))
+            .collect()
+    }
+
     /// Starts serving on `addr` inside `ns`.
     pub fn start(ns: &Netns, addr: SocketAddrV4, name: &str) -> Result<HttpBackend> {
         let stats = Arc::new(Stats::default());
@@ -233,6 +243,14 @@ pub struct UdpEcho {
 }
 
 impl UdpEcho {
+    /// One on each of `backends`, at `port`, named after the backend (`b0`, `b1`, ...).
+    pub fn start_on_each(backends: &[Backend], port: u16) -> Result<Vec<UdpEcho>> {
+        backends
+            .iter()
+            .map(|b| Self::start(&b.ns, SocketAddrV4::new(b.addr, port), &b.name()))
+            .collect()
+    }
+
     /// Starts serving on `addr` inside `ns`.
     pub fn start(ns: &Netns, addr: SocketAddrV4, name: &str) -> Result<UdpEcho> {
         let socket = ns
@@ -301,6 +319,14 @@ pub struct TcpStreamServer {
 }
 
 impl TcpStreamServer {
+    /// One on each of `backends`, at `port`, named after the backend (`b0`, `b1`, ...).
+    pub fn start_on_each(backends: &[Backend], port: u16) -> Result<Vec<TcpStreamServer>> {
+        backends
+            .iter()
+            .map(|b| Self::start(&b.ns, SocketAddrV4::new(b.addr, port), &b.name()))
+            .collect()
+    }
+
     /// Starts serving on `addr` inside `ns`.
     pub fn start(ns: &Netns, addr: SocketAddrV4, name: &str) -> Result<TcpStreamServer> {
         let stats = Arc::new(Stats::default());

@@ -66,6 +66,13 @@ pub struct Backend {
     pub index: usize,
 }
 
+impl Backend {
+    /// Its name in test configs and in what its servers answer: `b{index}`.
+    pub fn name(&self) -> String {
+        format!("b{}", self.index)
+    }
+}
+
 /// Client network and backend network joined by the load balancer (see module docs).
 #[derive(Debug)]
 pub struct TwoArm {

@@ -47,7 +47,7 @@ use nix::{
 };
 use support::{
     db::{PG_PASSWORD, Postgres},
-    gerbang::{InProcess, binary, isolate, wait_until},
+    gerbang::{InProcess, backend_entries, binary, isolate, wait_until},
     tempdir::TempDir,
     vrrp::{IFACE, Lan, VIP, WAIT},
 };
@@ -331,12 +331,7 @@ fn web_config(t: &TwoArm, mode: Mode, service_lines: &str) -> String {
         t.snat,
         t.vip
     );
-    for b in &t.backends {
-        text += &format!(
-            "  [[service.backend]]\n  name = \"b{}\"\n  address = \"{}:{HTTP}\"\n",
-            b.index, b.addr
-        );
-    }
+    text += &backend_entries(&t.backends, HTTP);
     text
 }
 
@@ -477,18 +472,7 @@ fn backend_fault(mode: Mode, fault: Fault) {
 #[test]
 fn xdp_a_source_port_reused_after_an_unanswered_attempt_is_served() {
     let t = TwoArm::new(2).unwrap();
-    let _servers: Vec<HttpBackend> = t
-        .backends
-        .iter()
-        .map(|b| {
-            HttpBackend::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, HTTP),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect();
+    let _servers: Vec<HttpBackend> = HttpBackend::start_on_each(&t.backends, HTTP).unwrap();
     let gerbang = InProcess::start(&t.lb, &web_config(&t, Mode::Xdp, &WEB_CHECK.lines())).unwrap();
     gerbang.wait_for_backend_state("web", "b0", BackendState::Active);
     gerbang.wait_for_backend_state("web", "b1", BackendState::Active);
@@ -588,18 +572,7 @@ fn dropped_frames(switch: &Netns) -> u64 {
 
 fn lossy_link_every_request_is_answered(mode: Mode) {
     let t = TwoArm::new(3).unwrap();
-    let _servers: Vec<HttpBackend> = t
-        .backends
-        .iter()
-        .map(|b| {
-            HttpBackend::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, HTTP),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect();
+    let _servers: Vec<HttpBackend> = HttpBackend::start_on_each(&t.backends, HTTP).unwrap();
     let gerbang = InProcess::start(&t.lb, &web_config(&t, mode, &LOSSY_CHECK.lines())).unwrap();
     for b in ["b0", "b1", "b2"] {
         gerbang.wait_for_backend_state("web", b, BackendState::Active);
@@ -744,42 +717,16 @@ impl Streamer {
 #[test]
 fn xdp_traffic_flows_through_controller_kill_9_and_restart() {
     let t = TwoArm::new(2).unwrap();
-    let mut web: Vec<HttpBackend> = t
-        .backends
-        .iter()
-        .map(|b| {
-            HttpBackend::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, HTTP),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect();
-    let streams: Vec<TcpStreamServer> = t
-        .backends
-        .iter()
-        .map(|b| {
-            TcpStreamServer::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, STREAM),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect();
+    let mut web: Vec<HttpBackend> = HttpBackend::start_on_each(&t.backends, HTTP).unwrap();
+    let streams: Vec<TcpStreamServer> =
+        TcpStreamServer::start_on_each(&t.backends, STREAM).unwrap();
     let mut text = web_config(&t, Mode::Xdp, &WEB_CHECK.lines());
     text += &format!(
         "\n[[service]]\nname = \"stream\"\nlisten = \"{}:{STREAM}\"\n\
          [service.check]\ninterval = \"200ms\"\n",
         t.vip
     );
-    for b in &t.backends {
-        text += &format!(
-            "  [[service.backend]]\n  name = \"b{}\"\n  address = \"{}:{STREAM}\"\n",
-            b.index, b.addr
-        );
-    }
+    text += &backend_entries(&t.backends, STREAM);
     let dir = TempDir::new();
     let config = dir.write("gerbang.toml", &isolate(&text));
     let logs: Vec<PathBuf> = (0..3)

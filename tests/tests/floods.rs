@@ -42,7 +42,7 @@ use gerbang_testbed::{HttpBackend, Netns, NsThread, TwoArm, UdpEcho, http_get, l
 use lb_common::{Flow, FlowKey, map_names};
 use support::{
     frames::{FrameSpec, SYN},
-    gerbang::{InProcess, isolate},
+    gerbang::{InProcess, backend_entries, isolate},
     tempdir::TempDir,
 };
 
@@ -77,12 +77,7 @@ fn config(t: &TwoArm) -> String {
              [service.check]\ntype = \"none\"\n",
             t.vip
         );
-        for b in &t.backends {
-            text += &format!(
-                "  [[service.backend]]\n  name = \"b{}\"\n  address = \"{}:{backend_port}\"\n",
-                b.index, b.addr
-            );
-        }
+        text += &backend_entries(&t.backends, backend_port);
     }
     text
 }
@@ -569,18 +564,7 @@ fn report(
 fn syn_flood_fills_the_table_but_real_connections_are_served() {
     let _one_flood_at_a_time = serial();
     let t = TwoArm::new(2).unwrap();
-    let _servers: Vec<HttpBackend> = t
-        .backends
-        .iter()
-        .map(|b| {
-            HttpBackend::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, HTTP_PORT),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect();
+    let _servers: Vec<HttpBackend> = HttpBackend::start_on_each(&t.backends, HTTP_PORT).unwrap();
     let lb = Balancer::start(&t);
     let vip = SocketAddrV4::new(t.vip, 80);
     http_get(&t.client, vip).expect("served before the flood");
@@ -607,18 +591,7 @@ fn syn_flood_fills_the_table_but_real_connections_are_served() {
 fn udp_flood_fills_the_table_but_real_requests_are_answered() {
     let _one_flood_at_a_time = serial();
     let t = TwoArm::new(2).unwrap();
-    let _echoes: Vec<UdpEcho> = t
-        .backends
-        .iter()
-        .map(|b| {
-            UdpEcho::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, UDP_PORT),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect();
+    let _echoes: Vec<UdpEcho> = UdpEcho::start_on_each(&t.backends, UDP_PORT).unwrap();
     let lb = Balancer::start(&t);
     let vip = SocketAddrV4::new(t.vip, 53);
     udp_request(&t.client, None, vip, b"before").expect("answered before the flood");

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::SocketAddrV4, process::Command, time::Dura
 
 use gerbang_testbed::{Cmd, HttpBackend, Netns, TwoArm, curl, http_get, http_get_many};
 use support::{
-    gerbang::{binary, isolate, wait_until},
+    gerbang::{backend_entries, binary, isolate, wait_until},
     tempdir::TempDir,
 };
 
@@ -162,28 +162,12 @@ fn xdp_debug_logs_are_rate_limited() {
 /// detaches it, and returns its log.
 fn balance_through_the_binary(xdp_log_rate: u32) -> String {
     let t = TwoArm::new(3).unwrap();
-    let _servers: Vec<HttpBackend> = t
-        .backends
-        .iter()
-        .map(|b| {
-            HttpBackend::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, 8080),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect();
+    let _servers: Vec<HttpBackend> = HttpBackend::start_on_each(&t.backends, 8080).unwrap();
     let mut config = format!(
         "[dataplane]\ninterfaces = [\"{}\", \"{}\"]\nsnat_address = \"{}\"\nxdp_log_rate = {xdp_log_rate}\n\n[[service]]\nname = \"web\"\nlisten = \"{}:80\"\n",
         t.lb_client_if, t.lb_backend_if, t.snat, t.vip
     );
-    for b in &t.backends {
-        config += &format!(
-            "  [[service.backend]]\n  name = \"b{}\"\n  address = \"{}:8080\"\n",
-            b.index, b.addr
-        );
-    }
+    config += &backend_entries(&t.backends, 8080);
     let dir = TempDir::new();
     let path = dir.write("gerbang.toml", &isolate(&config));
     let log = dir.path().join("gerbang.log");

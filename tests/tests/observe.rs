@@ -114,18 +114,7 @@ impl Scenario {
     /// instances (if any) are master and both backends are active.
     fn start_with(config: fn(&TwoArm) -> String) -> Scenario {
         let t = TwoArm::new(2).unwrap();
-        let servers = t
-            .backends
-            .iter()
-            .map(|b| {
-                HttpBackend::start(
-                    &b.ns,
-                    SocketAddrV4::new(b.addr, HTTP),
-                    &format!("b{}", b.index),
-                )
-                .unwrap()
-            })
-            .collect();
+        let servers = HttpBackend::start_on_each(&t.backends, HTTP).unwrap();
         let gerbang = InProcess::start(&t.lb, &config(&t)).unwrap();
         let http = gerbang.http_address().expect("[http] is enabled");
         assert!(http.ip().is_loopback() && http.port() != 0, "{http}");

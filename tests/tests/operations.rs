@@ -87,31 +87,11 @@ fn stream_config_file(t: &TwoArm, mode: Mode) -> (TempDir, PathBuf) {
 }
 
 fn http_servers(t: &TwoArm) -> Vec<HttpBackend> {
-    t.backends
-        .iter()
-        .map(|b| {
-            HttpBackend::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, HTTP),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect()
+    HttpBackend::start_on_each(&t.backends, HTTP).unwrap()
 }
 
 fn stream_servers(t: &TwoArm) -> Vec<TcpStreamServer> {
-    t.backends
-        .iter()
-        .map(|b| {
-            TcpStreamServer::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, STREAM),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect()
+    TcpStreamServer::start_on_each(&t.backends, STREAM).unwrap()
 }
 
 fn tally(answers: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> {

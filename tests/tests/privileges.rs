@@ -19,7 +19,7 @@ use std::{
 use gerbang::privileges::{CapSet, Capability, ThreadState};
 use gerbang_testbed::{ChildGuard, Cmd, HttpBackend, TwoArm, http_get, http_get_many};
 use support::{
-    gerbang::{binary, isolate, wait_until},
+    gerbang::{backend_entries, binary, isolate, wait_until},
     tempdir::TempDir,
 };
 
@@ -44,6 +44,19 @@ fn threads_of(pid: u32) -> BTreeMap<u32, ThreadState> {
 
 /// Asserts that every thread of `pid` holds exactly `kept`: permitted, effective and
 /// bounding; nothing inheritable or ambient; no_new_privs set.
+/// What a thread left with exactly `kept` shows: permitted, effective and bounding, nothing
+/// inheritable or ambient, `no_new_privs`.
+fn restricted_to(kept: CapSet) -> ThreadState {
+    ThreadState {
+        inheritable: CapSet::EMPTY,
+        permitted: kept,
+        effective: kept,
+        bounding: kept,
+        ambient: CapSet::EMPTY,
+        no_new_privs: true,
+    }
+}
+
 fn assert_only(pid: u32, kept: CapSet) {
     let threads = threads_of(pid);
     assert!(
@@ -51,14 +64,7 @@ fn assert_only(pid: u32, kept: CapSet) {
         "a tokio runtime has threads: {threads:?}"
     );
     for (tid, state) in threads {
-        let expected = ThreadState {
-            inheritable: CapSet::EMPTY,
-            permitted: kept,
-            effective: kept,
-            bounding: kept,
-            ambient: CapSet::EMPTY,
-            no_new_privs: true,
-        };
+        let expected = restricted_to(kept);
         assert_eq!(
             state, expected,
             "thread {tid} of {pid}: holds {} (bounding {}), expected {kept}",
@@ -68,17 +74,7 @@ fn assert_only(pid: u32, kept: CapSet) {
 }
 
 fn http_backends(t: &TwoArm) -> Vec<HttpBackend> {
-    t.backends
-        .iter()
-        .map(|b| {
-            HttpBackend::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, 8080),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect()
+    HttpBackend::start_on_each(&t.backends, 8080).unwrap()
 }
 
 fn backends_toml(t: &TwoArm) -> String {
@@ -86,15 +82,7 @@ fn backends_toml(t: &TwoArm) -> String {
 }
 
 fn first_backends_toml(t: &TwoArm, n: usize) -> String {
-    t.backends[..n]
-        .iter()
-        .map(|b| {
-            format!(
-                "  [[service.backend]]\n  name = \"b{}\"\n  address = \"{}:8080\"\n",
-                b.index, b.addr
-            )
-        })
-        .collect()
+    backend_entries(&t.backends[..n], 8080)
 }
 
 /// The control socket an [`isolate`]d config names.
@@ -384,14 +372,7 @@ fn vrrp_moves_its_address_and_scripts_inherit_the_kept_set() {
     .unwrap();
     assert_eq!(
         script,
-        ThreadState {
-            inheritable: CapSet::EMPTY,
-            permitted: kept,
-            effective: kept,
-            bounding: kept,
-            ambient: CapSet::EMPTY,
-            no_new_privs: true,
-        },
+        restricted_to(kept),
         "the notify script runs as root with the kept set only"
     );
 

@@ -77,31 +77,11 @@ fn vip(t: &TwoArm, port: u16) -> SocketAddrV4 {
 }
 
 fn http_backends(t: &TwoArm) -> Vec<HttpBackend> {
-    t.backends
-        .iter()
-        .map(|b| {
-            HttpBackend::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, HTTP_PORT),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect()
+    HttpBackend::start_on_each(&t.backends, HTTP_PORT).unwrap()
 }
 
 fn stream_backends(t: &TwoArm) -> Vec<TcpStreamServer> {
-    t.backends
-        .iter()
-        .map(|b| {
-            TcpStreamServer::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, STREAM_PORT),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect()
+    TcpStreamServer::start_on_each(&t.backends, STREAM_PORT).unwrap()
 }
 
 /// Answers per backend name.
@@ -488,17 +468,7 @@ fn udp_config(t: &TwoArm) -> String {
 }
 
 fn udp_echoes(t: &TwoArm) -> Vec<UdpEcho> {
-    t.backends
-        .iter()
-        .map(|b| {
-            UdpEcho::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, UDP_PORT),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect()
+    UdpEcho::start_on_each(&t.backends, UDP_PORT).unwrap()
 }
 
 /// A UDP client socket in the client namespace, connected to `to` (so an answer from any

@@ -25,7 +25,7 @@ use std::{
 use gerbang::dataplane::proxy::RelayMode;
 use gerbang_testbed::{Cmd, HttpBackend, Netns, TwoArm, http_get};
 use support::{
-    gerbang::wait_until,
+    gerbang::{backend_entries, wait_until},
     proxy::{ProxyProcess, TestServer, child_main},
     tempdir::TempDir,
 };
@@ -50,12 +50,7 @@ fn config(t: &TwoArm, services: &[(&str, u16, u16)]) -> String {
             "\n[[service]]\nname = \"{name}\"\nlisten = \"{}:{port}\"\n",
             t.vip
         );
-        for b in &t.backends {
-            text += &format!(
-                "  [[service.backend]]\n  name = \"b{}\"\n  address = \"{}:{backend_port}\"\n",
-                b.index, b.addr
-            );
-        }
+        text += &backend_entries(&t.backends, *backend_port);
     }
     text
 }
@@ -147,18 +142,7 @@ fn push(stream: &mut TcpStream, total: usize, proxy: u32) -> (f64, f64) {
 #[ignore = "benchmark"]
 fn requests_per_second_vs_haproxy() {
     let t = TwoArm::new(2).unwrap();
-    let _servers: Vec<HttpBackend> = t
-        .backends
-        .iter()
-        .map(|b| {
-            HttpBackend::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, HTTP_PORT),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect();
+    let _servers: Vec<HttpBackend> = HttpBackend::start_on_each(&t.backends, HTTP_PORT).unwrap();
     let dir = TempDir::new();
     let proxy = |port: u16, relay: RelayMode, single_thread: bool| {
         let path = dir.write(

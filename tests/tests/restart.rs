@@ -13,7 +13,7 @@ use nix::{
     unistd::Pid,
 };
 use support::{
-    gerbang::{binary, isolate, wait_until},
+    gerbang::{backend_entries, binary, isolate, wait_until},
     tempdir::TempDir,
 };
 
@@ -42,28 +42,13 @@ fn read(path: &Path) -> String {
 
 fn survives(signal: Signal) {
     let t = TwoArm::new(2).unwrap();
-    let _streams: Vec<TcpStreamServer> = t
-        .backends
-        .iter()
-        .map(|b| {
-            TcpStreamServer::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, STREAM),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect();
+    let _streams: Vec<TcpStreamServer> =
+        TcpStreamServer::start_on_each(&t.backends, STREAM).unwrap();
     let mut text = format!(
         "[dataplane]\ninterfaces = [\"{}\", \"{}\"]\nsnat_address = \"{}\"\n\n[[service]]\nname = \"stream\"\nlisten = \"{}:{STREAM}\"\n[service.check]\ninterval = \"200ms\"\n",
         t.lb_client_if, t.lb_backend_if, t.snat, t.vip
     );
-    for b in &t.backends {
-        text += &format!(
-            "  [[service.backend]]\n  name = \"b{}\"\n  address = \"{}:{STREAM}\"\n",
-            b.index, b.addr
-        );
-    }
+    text += &backend_entries(&t.backends, STREAM);
     let text = isolate(&text);
     let pin_dir = text
         .lines()

@@ -218,18 +218,7 @@ fn two_arm_routes_through_the_lb_when_forwarding_is_on() {
     assert_eq!(topo.lb.sysctl_get("net.ipv4.ip_forward").unwrap(), "0");
     let b0 = topo.backends[0].addr;
     let http_b0 = SocketAddrV4::new(b0, 80);
-    let servers: Vec<HttpBackend> = topo
-        .backends
-        .iter()
-        .map(|b| {
-            HttpBackend::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, 80),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect();
+    let servers: Vec<HttpBackend> = HttpBackend::start_on_each(&topo.backends, 80).unwrap();
     let blocked = topo
         .client
         .run(|| TcpStream::connect_timeout(&http_b0.into(), Duration::from_millis(300)))
@@ -282,18 +271,7 @@ fn two_arm_routes_through_the_lb_when_forwarding_is_on() {
     assert!(curl(&topo.client, &format!("http://{}/", topo.backends[2].addr)).is_err());
 
     // UDP echo.
-    let echoes: Vec<UdpEcho> = topo
-        .backends
-        .iter()
-        .map(|b| {
-            UdpEcho::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, 5353),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect();
+    let echoes: Vec<UdpEcho> = UdpEcho::start_on_each(&topo.backends, 5353).unwrap();
     for backend in &topo.backends {
         let to = SocketAddrV4::new(backend.addr, 5353);
         let reply = udp_request(&topo.client, None, to, b"ping").unwrap();

@@ -64,17 +64,7 @@ fn two_arm_config(t: &TwoArm, plane: Plane) -> String {
 }
 
 fn http_backends(backends: &[gerbang_testbed::Backend]) -> Vec<HttpBackend> {
-    backends
-        .iter()
-        .map(|b| {
-            HttpBackend::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, HTTP_PORT),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect()
+    HttpBackend::start_on_each(backends, HTTP_PORT).unwrap()
 }
 
 /// Answers per backend name.
@@ -179,18 +169,8 @@ fn round_robin_over_real_connections(plane: Plane) {
 /// and go around it.
 fn long_connection_keeps_its_backend(plane: Plane) {
     let t = TwoArm::new(3).unwrap();
-    let streams: Vec<TcpStreamServer> = t
-        .backends
-        .iter()
-        .map(|b| {
-            TcpStreamServer::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, STREAM_PORT),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect();
+    let streams: Vec<TcpStreamServer> =
+        TcpStreamServer::start_on_each(&t.backends, STREAM_PORT).unwrap();
     let gerbang = InProcess::start(&t.lb, &two_arm_config(&t, plane)).unwrap();
     let vip = SocketAddrV4::new(t.vip, STREAM_PORT);
 
@@ -232,18 +212,7 @@ fn long_connection_keeps_its_backend(plane: Plane) {
 /// UDP request/response through the VIP, balanced per source port, answers from the VIP.
 fn udp_request_response(plane: Plane) {
     let t = TwoArm::new(3).unwrap();
-    let echoes: Vec<UdpEcho> = t
-        .backends
-        .iter()
-        .map(|b| {
-            UdpEcho::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, UDP_PORT),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect();
+    let echoes: Vec<UdpEcho> = UdpEcho::start_on_each(&t.backends, UDP_PORT).unwrap();
     let gerbang = InProcess::start(&t.lb, &two_arm_config(&t, plane)).unwrap();
     let vip = SocketAddrV4::new(t.vip, 53);
     let mut answers = Vec::new();

@@ -9,7 +9,7 @@ use gerbang_testbed::{
     Cmd, HttpBackend, Netns, TwoArm, UdpEcho, http_get, http_get_many, link, udp_request,
 };
 use support::{
-    gerbang::{InProcess, isolate, wait_until},
+    gerbang::{InProcess, backend_entries, isolate, wait_until},
     tempdir::TempDir,
 };
 
@@ -26,29 +26,13 @@ fn tally(answers: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> {
 #[test]
 fn auto_falls_back_to_the_proxy_where_xdp_cannot_attach() {
     let t = TwoArm::new(2).unwrap();
-    let _servers: Vec<HttpBackend> = t
-        .backends
-        .iter()
-        .map(|b| {
-            HttpBackend::start(
-                &b.ns,
-                SocketAddrV4::new(b.addr, 8080),
-                &format!("b{}", b.index),
-            )
-            .unwrap()
-        })
-        .collect();
+    let _servers: Vec<HttpBackend> = HttpBackend::start_on_each(&t.backends, 8080).unwrap();
     let mut config = format!(
         "[dataplane]\nmode = \"auto\"\ninterfaces = [\"lo\"]\nattach = \"native\"\nsnat_address = \"{}\"\n\n\
          [[service]]\nname = \"web\"\nlisten = \"{}:80\"\n",
         t.snat, t.vip
     );
-    for b in &t.backends {
-        config += &format!(
-            "  [[service.backend]]\n  name = \"b{}\"\n  address = \"{}:8080\"\n",
-            b.index, b.addr
-        );
-    }
+    config += &backend_entries(&t.backends, 8080);
     let gerbang = InProcess::start(&t.lb, &config).unwrap();
     let status = gerbang.status();
     assert_eq!(status.dataplane, "userspace");

@@ -17,7 +17,7 @@ use gerbang::{
     controller::{Controller, Status, StopMode},
     dataplane::{AdminState, BackendState, ServicePlan, xdp::TrafficReport},
 };
-use gerbang_testbed::{Netns, NsThread};
+use gerbang_testbed::{Backend, Netns, NsThread};
 use tokio::sync::{mpsc, oneshot};
 
 enum Request {
@@ -227,6 +227,21 @@ pub fn isolate(config: &str) -> String {
         "{config}\n[control]\nsocket = \"{}\"\n{http}",
         socket.display()
     )
+}
+
+/// `[[service.backend]]` entries for `backends` at `port`, each named after its backend
+/// (`b0`, `b1`, ...), to follow a `[[service]]` table.
+pub fn backend_entries(backends: &[Backend], port: u16) -> String {
+    backends
+        .iter()
+        .map(|b| {
+            format!(
+                "  [[service.backend]]\n  name = \"{}\"\n  address = \"{}:{port}\"\n",
+                b.name(),
+                b.addr
+            )
+        })
+        .collect()
 }
 
 /// A directory unique to this call under /run.
