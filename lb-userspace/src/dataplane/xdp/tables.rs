@@ -9,7 +9,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddrV4,
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -20,15 +19,11 @@ use lb_common::{
     wire::{addr_from_wire, addr_to_wire, port_from_wire, port_to_wire},
 };
 
-use super::{counters::CounterMaps, ids::IdPool, rcu, ring};
+use super::{counters::CounterMaps, ids::IdPool, rcu::GracePeriods, ring};
 use crate::{
     config::{DownPolicy, Protocol},
     dataplane::{BackendState, Plan, ServicePlan},
 };
-
-/// After a flip, the old slot is reused only once a grace period has passed; flips further
-/// apart than this certainly had one.
-const FLIP_GRACE: Duration = Duration::from_secs(1);
 
 /// A backend as installed in the `BACKENDS` map.
 #[derive(Clone, Debug)]
@@ -46,9 +41,12 @@ struct Installed {
     key: ServiceKey,
     /// In configuration order.
     backends: Vec<InstalledBackend>,
-    ring: BackendRing,
+    /// The live ring; `None` until the first is written.
+    ring: Option<BackendRing>,
     live_slot: u32,
-    flipped_at: Option<Instant>,
+    /// The grace period after which the spare slot, live until the last flip, may be
+    /// rewritten; `None` when no reader can be in it.
+    spare_free_after: Option<u64>,
 }
 
 /// A service a previous run installed, found in the pinned maps; names are not in the maps,
@@ -79,6 +77,7 @@ pub struct Tables {
     adopted_spare: Vec<(u32, SocketAddrV4, u16)>,
     service_ids: IdPool,
     backend_ids: IdPool,
+    grace: GracePeriods,
 }
 
 /// Names of what an id stands for, for counters.
@@ -110,6 +109,7 @@ impl Tables {
             adopted_spare: Vec::new(),
             service_ids: IdPool::new("service", MAX_SERVICES),
             backend_ids: IdPool::new("backend", MAX_BACKENDS),
+            grace: GracePeriods::default(),
         }
     }
 
@@ -232,9 +232,9 @@ impl Tables {
                     id: self.new_service_id()?,
                     key,
                     backends: Vec::new(),
-                    ring: BackendRing::EMPTY,
+                    ring: None,
                     live_slot: 0,
-                    flipped_at: None,
+                    spare_free_after: None,
                 },
             },
         };
@@ -311,7 +311,7 @@ impl Tables {
             .map(|(plan, installed)| (installed.id, plan.weight))
             .collect();
         let ring = ring::weighted(&active)?;
-        if ring != entry.ring || entry.flipped_at.is_none() {
+        if entry.ring != Some(ring) {
             self.flip_ring(entry, &ring)?;
         }
         for (index, flags) in raise {
@@ -369,10 +369,11 @@ impl Tables {
             id: adopted.id,
             key,
             backends,
-            ring: adopted.ring,
+            ring: Some(adopted.ring),
             live_slot: adopted.live_slot,
-            // A reader may be in the live ring right now: treat it as just flipped.
-            flipped_at: Some(Instant::now()),
+            // The previous run may have flipped a moment ago: a reader may still be in the
+            // spare slot.
+            spare_free_after: Some(self.grace.start()),
         }
     }
 
@@ -402,15 +403,15 @@ impl Tables {
     /// Writes `ring` into the service's spare slot and makes it the live one.
     fn flip_ring(&mut self, entry: &mut Installed, ring: &BackendRing) -> Result<()> {
         let spare = entry.live_slot ^ 1;
-        if entry.flipped_at.is_some_and(|at| at.elapsed() < FLIP_GRACE) {
-            // The spare slot was live a moment ago; a reader may still be in it.
-            rcu::wait_for_readers();
+        if let Some(grace) = entry.spare_free_after {
+            // Passed long ago unless the last flip was a moment ago.
+            self.grace.wait_for(grace);
         }
         self.rings.set(entry.id * 2 + spare, ring, 0)?;
         self.ring_select.set(entry.id, spare, 0)?;
         entry.live_slot = spare;
-        entry.ring = *ring;
-        entry.flipped_at = Some(Instant::now());
+        entry.ring = Some(*ring);
+        entry.spare_free_after = Some(self.grace.start());
         Ok(())
     }
 
