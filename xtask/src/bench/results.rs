@@ -132,6 +132,12 @@ impl Results {
         self.cpu_machine += cpu.machine;
     }
 
+    /// The share (0 to 1) of the machine's busy time during the CPU measurements that
+    /// was not the benchmark's: other people's work on a shared machine.
+    pub fn other_work_share(&self) -> Option<f64> {
+        (self.cpu_machine > 0.0).then(|| (1.0 - self.cpu_ours / self.cpu_machine).max(0.0))
+    }
+
     pub fn figure(&self, metric: Metric, sys: Sys) -> Option<Figure> {
         self.samples
             .get(&(metric, sys))
