@@ -97,6 +97,16 @@ const PACKAGES: &[Package] = &[
         name: "gcc-aarch64-linux-gnu",
         program: "aarch64-linux-gnu-gcc",
     },
+    // The C library to link against: the cross compilers only recommend it, and apt here
+    // installs no recommends, so without these the link fails on `crti.o`.
+    Package {
+        name: "libc6-dev-armhf-cross",
+        program: "arm-linux-gnueabihf-gcc",
+    },
+    Package {
+        name: "libc6-dev-arm64-cross",
+        program: "aarch64-linux-gnu-gcc",
+    },
     Package {
         name: "qemu-user",
         program: "qemu-arm",
