@@ -213,8 +213,12 @@ pub fn backend_death(
         }
         if sys != Sys::Haproxy {
             let socket = bench.scratch.join("control-checks.sock");
-            match longest_update(&bench.gerbang, &socket) {
-                Ok(seconds) => results.add(Metric::UpdateMax, sys, seconds),
+            match updates(&bench.gerbang, &socket) {
+                Ok(updates) => {
+                    results.add(Metric::UpdateMax, sys, updates.max_seconds);
+                    results.add(Metric::UpdateCount, sys, updates.count);
+                    results.add(Metric::UpdateUnder1ms, sys, updates.under_1ms);
+                }
                 Err(err) => results.not_run(Some(Metric::UpdateMax), sys, format!("{err:#}")),
             }
         }
@@ -223,9 +227,17 @@ pub fn backend_death(
     Ok(())
 }
 
-/// The longest backend-set update gerbang has applied since it started, from the status
-/// API: the time from the controller taking a verdict to the data path following it.
-fn longest_update(gerbang: &std::path::Path, socket: &std::path::Path) -> Result<f64> {
+/// The backend-set updates gerbang has applied since it started, from the status API.
+struct Updates {
+    /// The longest: the time from the controller taking a verdict to the data path
+    /// following it.
+    max_seconds: f64,
+    count: f64,
+    /// How many took at most 1 ms (a bucket of gerbang's histogram).
+    under_1ms: f64,
+}
+
+fn updates(gerbang: &std::path::Path, socket: &std::path::Path) -> Result<Updates> {
     let out = std::process::Command::new(gerbang)
         .args(["status", "--json", "--socket"])
         .arg(socket)
@@ -237,9 +249,24 @@ fn longest_update(gerbang: &std::path::Path, socket: &std::path::Path) -> Result
         );
     }
     let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    status["updates"]["max_seconds"]
-        .as_f64()
-        .ok_or_else(|| anyhow::anyhow!("no updates.max_seconds in gerbang's status"))
+    let updates = &status["updates"];
+    let field = |name: &str| {
+        updates[name]
+            .as_f64()
+            .ok_or_else(|| anyhow::anyhow!("no updates.{name} in gerbang's status"))
+    };
+    let under_1ms = updates["buckets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|bucket| bucket[0].as_f64() == Some(0.001))
+        .and_then(|bucket| bucket[1].as_f64())
+        .ok_or_else(|| anyhow::anyhow!("no 1 ms bucket in gerbang's update histogram"))?;
+    Ok(Updates {
+        max_seconds: field("max_seconds")?,
+        count: field("count")?,
+        under_1ms,
+    })
 }
 
 /// Node roles on the VRRP LAN.

@@ -468,7 +468,16 @@ fn update_verdict(results: &Results) -> Verdict {
             .into(),
         measured: measured
             .iter()
-            .map(|(sys, ms)| format!("{}: {ms:.3} ms", sys.label()))
+            .map(|&(sys, ms)| {
+                let total = |metric| results.figure(metric, sys).map(|f| f.median);
+                match (total(Metric::UpdateUnder1ms), total(Metric::UpdateCount)) {
+                    (Some(under), Some(count)) => format!(
+                        "{}: {ms:.3} ms ({under:.0} of {count:.0} updates within 1 ms)",
+                        sys.label()
+                    ),
+                    _ => format!("{}: {ms:.3} ms", sys.label()),
+                }
+            })
             .collect::<Vec<_>>()
             .join(", "),
         outcome,

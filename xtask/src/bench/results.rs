@@ -88,6 +88,9 @@ pub enum Metric {
     /// The longest a backend-set change took to reach the data path after the verdict, over
     /// the backend-death runs (gerbang's own measure, from its status API), seconds.
     UpdateMax,
+    /// How many updates there were, and how many of them took at most 1 ms.
+    UpdateCount,
+    UpdateUnder1ms,
     /// Seconds from the VRRP master's death to the first request answered via the backup.
     VrrpFast,
     VrrpSlow,
