@@ -469,8 +469,8 @@ fn update_verdict(results: &Results) -> Verdict {
         measured: measured
             .iter()
             .map(|&(sys, ms)| {
-                let total = |metric| results.figure(metric, sys).map(|f| f.median);
-                match (total(Metric::UpdateUnder1ms), total(Metric::UpdateCount)) {
+                let median = |metric| results.figure(metric, sys).map(|f| f.median);
+                match (median(Metric::UpdateUnder1ms), median(Metric::UpdateCount)) {
                     (Some(under), Some(count)) => format!(
                         "{}: {ms:.3} ms ({under:.0} of {count:.0} updates within 1 ms)",
                         sys.label()

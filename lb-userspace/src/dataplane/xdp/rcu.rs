@@ -12,7 +12,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -39,32 +39,54 @@ pub struct GracePeriods {
 
 #[derive(Debug, Default)]
 struct Shared {
-    /// The last number handed out, and whether a waiter is running.
-    started: Mutex<(u64, bool)>,
+    started: Mutex<Started>,
     /// Every period up to this number has passed.
     passed: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Started {
+    /// The last number handed out.
+    last: u64,
+    waiter_running: bool,
+}
+
+impl Shared {
+    /// Nothing panics while holding the lock, so a poisoned one still holds valid numbers.
+    fn started(&self) -> MutexGuard<'_, Started> {
+        self.started.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits out grace periods until none is left that started before the last wait.
+    fn run_waiter(&self) {
+        loop {
+            let target = self.started().last;
+            // Begins after every write of the periods up to `target`, so it covers them.
+            wait_for_readers();
+            self.passed.fetch_max(target, Ordering::AcqRel);
+            let mut started = self.started();
+            if started.last == target {
+                started.waiter_running = false;
+                return;
+            }
+        }
+    }
 }
 
 impl GracePeriods {
     /// Starts a grace period covering every map write made so far and returns its
     /// number. Without a tokio runtime (unit tests) it passes before this returns.
     pub fn start(&mut self) -> u64 {
-        let Ok(mut started) = self.shared.started.lock() else {
-            // A waiter panicked holding the lock: wait here instead.
-            wait_for_readers();
-            return 0;
-        };
-        started.0 += 1;
-        let number = started.0;
-        if !started.1 {
-            started.1 = true;
+        let mut started = self.shared.started();
+        started.last += 1;
+        let number = started.last;
+        if !started.waiter_running {
+            started.waiter_running = true;
+            drop(started);
             let shared = Arc::clone(&self.shared);
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => drop(runtime.spawn_blocking(move || shared.run_waiter())),
-                Err(_) => {
-                    drop(started);
-                    shared.run_waiter();
-                }
+                Err(_) => shared.run_waiter(),
             }
         }
         number
@@ -75,29 +97,6 @@ impl GracePeriods {
     pub fn wait_for(&self, number: u64) {
         if self.shared.passed.load(Ordering::Acquire) < number {
             wait_for_readers();
-        }
-    }
-}
-
-impl Shared {
-    /// Waits out grace periods until none is left that started before the last wait.
-    fn run_waiter(&self) {
-        loop {
-            let Ok(started) = self.started.lock() else {
-                return;
-            };
-            let target = started.0;
-            drop(started);
-            // Begins after every write of the periods up to `target`, so it covers them.
-            wait_for_readers();
-            self.passed.fetch_max(target, Ordering::AcqRel);
-            let Ok(mut started) = self.started.lock() else {
-                return;
-            };
-            if started.0 == target {
-                started.1 = false;
-                return;
-            }
         }
     }
 }
@@ -116,7 +115,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn periods_pass_in_the_background_and_one_waiter_covers_many() {
+    async fn periods_pass_in_the_background_and_the_waiter_stops() {
         let mut periods = GracePeriods::default();
         let numbers: Vec<u64> = (0..5).map(|_| periods.start()).collect();
         let last = *numbers.last().unwrap();
@@ -130,7 +129,7 @@ mod tests {
         }
         assert_eq!(periods.shared.passed.load(Ordering::Acquire), last);
         assert!(
-            !periods.shared.started.lock().unwrap().1,
+            !periods.shared.started().waiter_running,
             "the waiter stopped"
         );
     }
